@@ -1,0 +1,468 @@
+"""HoVLE: a monolithic vision-language model with a holistic embedding module (arXiv:2412.16158, CVPR 2025).
+
+Architecture (sizes of the 2.6B release in brackets):
+
+    pixel tiles (n, 3, 448, 448) --Conv2d patch 14--> (n, 1024, 2048) + 32x32 position grid
+    text ids --embed_tokens--> (B, S, 2048)
+    holistic embedding = 8 causal Llama decoder layers over the interleaved image+text sequence, no final norm
+        pre  (HoVLE):    pixel-shuffle 2x2 + projector first (1024 -> 256 tokens per tile), then the 8 layers
+        post (HD path):  the 8 layers see all 1024 patches per tile, their image outputs are shuffled + projected
+    LLM = InternLM2-1.8B, converted to Llama layout (24 layers) -> logits
+
+Both stacks are transformers' own Llama blocks (`LlamaDecoderLayer`, `LlamaModel`, `LlamaRotaryEmbedding`), so
+eager / sdpa / flash-attention / flex attention, gradient checkpointing and caches come from the library. The two
+stacks share one `Cache`: the LLM owns cache layers `0..L-1` (so `generate`'s bookkeeping, which reads layer 0,
+follows the LLM stream), the embedding module owns layers `L..L+E-1`.
+
+References: the original release `OpenGVLab/HoVLE` (InternVL code base); transformers' `models/llava`,
+`models/internvl` and `models/llama` for the structure of this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLayer
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.internvl.modeling_internvl import InternVLModel
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel, LlamaRotaryEmbedding
+
+from .configuration_hovle import HoVLEConfig, HoVLEEmbeddingConfig
+
+# transformers renamed `past_key_values` to `cache` (5.2x); speak whichever this installed version speaks, so the
+# same file runs on the GPU machines' 5.17 and on current releases without deprecation warnings.
+_CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaDecoderLayer.forward).parameters else "past_key_values"
+_CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+# The attribute the `post` layout keeps its embedding-stream padding mask under, on the shared cache object.
+_EMBEDDING_MASK_ATTR = "hovle_embedding_attention_mask"
+
+
+def positions_from_mask(attention_mask: torch.Tensor | None, past_length: int, query_length: int, device) -> torch.Tensor:
+    """1-D positions of the last `query_length` tokens: `cumsum(mask) - 1` (left-padding aware), else a range."""
+    if attention_mask is None:
+        return torch.arange(past_length, past_length + query_length, device=device).unsqueeze(0)
+    positions = attention_mask.long().cumsum(-1) - 1
+    positions = positions.masked_fill(attention_mask == 0, 1)
+    return positions[:, -query_length:]
+
+
+class HoVLEVisionEmbeddings(nn.Module):
+    """Conv2d patch embedding plus a learned position grid; one row of tokens per tile, no class token."""
+
+    def __init__(self, config: HoVLEEmbeddingConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        num_patches = config.patches_per_side**2
+        # Slot 0 of the position table and the class embedding belong to the InternViT layout HoVLE was trained
+        # from; they are never used at inference but are kept so checkpoints convert back bit-exactly.
+        self.class_embedding = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embedding = nn.Parameter(torch.zeros(1, num_patches + 1, config.hidden_size))
+
+    def grid_position_embedding(self, height: int, width: int) -> torch.Tensor:
+        side = self.config.patches_per_side
+        grid = self.position_embedding[:, 1:]  # (1, side*side, C)
+        if (height, width) == (side, side):
+            return grid
+        # Another tile size: resize the grid bicubically in float32, as the original does.
+        grid = grid.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
+        return grid.reshape(1, -1, height * width).permute(0, 2, 1).to(self.position_embedding.dtype)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must have shape (tiles, {self.config.num_channels}, height, width), "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (n, C, h, w)
+        _, _, height, width = patches.shape
+        patches = patches.flatten(2).transpose(1, 2)  # (n, h*w, C), row-major
+        return patches + self.grid_position_embedding(height, width)
+
+
+class HoVLEProjector(nn.Module):
+    """The pixel-shuffle projector: Linear(C*s^2 -> C), GELU, Linear(C -> C)."""
+
+    def __init__(self, config: HoVLEEmbeddingConfig):
+        super().__init__()
+        self.linear_1 = nn.Linear(config.hidden_size * config.shuffle_factor**2, config.hidden_size)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+class HoVLEPreTrainedModel(PreTrainedModel):
+    config_class = HoVLEConfig
+    config: HoVLEConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlamaDecoderLayer"]
+    _skip_keys_device_placement = [_CACHE_KWARG]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, HoVLEVisionEmbeddings):
+            std = module.config.initializer_range
+            init.normal_(module.position_embedding, mean=0.0, std=std)
+            init.normal_(module.class_embedding, mean=0.0, std=std)
+
+
+class HoVLEHolisticEmbedding(HoVLEPreTrainedModel):
+    """Image patches and text tokens -> one embedding space: the LLM's `inputs_embeds` at every position.
+
+    A `PreTrainedModel` of its own (like the `LlamaModel` beside it) so the attention implementation reaches it and
+    it can be saved or loaded alone (training stage I trains nothing else).
+    """
+
+    config_class = HoVLEEmbeddingConfig
+    config: HoVLEEmbeddingConfig
+    base_model_prefix = "embedding_model"
+
+    def __init__(self, config: HoVLEEmbeddingConfig, cache_layer_offset: int = 0):
+        super().__init__(config)
+        self.vision_embeddings = HoVLEVisionEmbeddings(config)
+        self.projector = HoVLEProjector(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # Cache layers L..L+E-1: the LLM owns 0..L-1 of the shared cache.
+        self.cache_layer_offset = cache_layer_offset
+        self.layers = nn.ModuleList(
+            [LlamaDecoderLayer(config, layer_idx=cache_layer_offset + i) for i in range(config.num_hidden_layers)]
+        )
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def shuffle_and_project(self, patch_states: torch.Tensor) -> torch.Tensor:
+        """(tiles, patches, C) -> (tiles, tokens_per_tile, C): InternVL "v2" pixel shuffle, then the projector."""
+        tiles, num_patches, channels = patch_states.shape
+        side = self.config.patches_per_side
+        grid = patch_states.reshape(tiles, side, side, channels).contiguous()
+        # Same ordering as transformers' native InternVL (the method does not touch `self`).
+        shuffled = InternVLModel.pixel_shuffle(self, grid, scale_factor=self.config.downsample_ratio)
+        shuffled = shuffled.reshape(tiles, -1, shuffled.shape[-1])  # (tiles, tokens_per_tile, C*s^2)
+        return self.projector(shuffled)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        cache: Cache | None,
+        **kwargs,
+    ) -> torch.Tensor:
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            **{_CACHE_KWARG: cache},
+            position_ids=position_ids,
+            layer_idx=self.cache_layer_offset,
+        )
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids=position_ids)
+        hidden_states = inputs_embeds
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=mask,
+                position_ids=position_ids,
+                position_embeddings=position_embeddings,
+                use_cache=cache is not None,
+                **{_CACHE_KWARG: cache},
+                **kwargs,
+            )
+        return hidden_states  # no final norm: this is the LLM's input
+
+
+class HoVLEModel(HoVLEPreTrainedModel):
+    """The holistic embedding module followed by the LLM body; returns the LLM's last hidden states."""
+
+    def __init__(self, config: HoVLEConfig):
+        super().__init__(config)
+        self.num_text_layers = config.text_config.num_hidden_layers
+        self.embedding_model = HoVLEHolisticEmbedding(config.embedding_config, cache_layer_offset=self.num_text_layers)
+        # `language_model.embed_tokens` is InternLM2's own table: unused here (inputs come from the embedding
+        # module) but kept, as the text teacher of training stage I.
+        self.language_model = LlamaModel(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embedding_model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embedding_model.embed_tokens = value
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Image tokens as the `pre` layout inserts them: (tiles, tokens_per_tile, hidden)."""
+        return self.embedding_model.shuffle_and_project(self.embedding_model.vision_embeddings(pixel_values))
+
+    # -- cache -------------------------------------------------------------------------------------------------
+    def _prepare_shared_cache(self, cache: Cache | None, use_cache: bool) -> Cache | None:
+        """Make sure the cache has room for the embedding module's layers after the LLM's."""
+        if cache is None:
+            if not use_cache:
+                return None
+            cache = DynamicCache(config=self.config.text_config)
+        total = self.num_text_layers + self.config.embedding_config.num_hidden_layers
+        if getattr(cache, "layer_class_to_replicate", None) is not None or len(cache.layers) >= total:
+            return cache  # lazily growing caches add layers on first use
+        template = cache.layers[0]
+        if type(template) is DynamicLayer:
+            extra = [DynamicLayer() for _ in range(total - len(cache.layers))]
+        elif type(template) is StaticLayer and self.config.embedding_config.pixel_shuffle_loc == "pre":
+            extra = [StaticLayer(max_cache_len=template.max_cache_len) for _ in range(total - len(cache.layers))]
+        else:
+            raise NotImplementedError(
+                f"A {type(cache).__name__} with {type(template).__name__} layers is not supported for "
+                f"pixel_shuffle_loc={self.config.embedding_config.pixel_shuffle_loc!r}: use the default dynamic cache"
+            )
+        cache.layers.extend(extra)
+        return cache
+
+    # -- image placement ---------------------------------------------------------------------------------------
+    def _image_token_mask(self, input_ids: torch.Tensor | None, num_tiles: int) -> torch.Tensor:
+        if input_ids is None:
+            raise ValueError("pixel_values need input_ids to locate the image placeholder tokens")
+        image_mask = input_ids == self.config.image_token_id
+        expected = num_tiles * self.config.tokens_per_tile
+        found = int(image_mask.sum())
+        if found != expected:
+            raise ValueError(
+                f"The prompt has {found} image tokens (<IMG_CONTEXT>, id {self.config.image_token_id}) but the "
+                f"{num_tiles} image tiles give {expected} image features ({self.config.tokens_per_tile} per tile)"
+            )
+        return image_mask
+
+    def _check_no_orphan_image_tokens(self, input_ids: torch.Tensor | None, past_length: int) -> None:
+        # While decoding, a generated <IMG_CONTEXT> is ordinary text (as in the original); in a prompt it means the
+        # caller forgot the images.
+        if input_ids is None or past_length > 0:
+            return
+        found = int((input_ids == self.config.image_token_id).sum())
+        if found:
+            raise ValueError(
+                f"The prompt has {found} image tokens (<IMG_CONTEXT>, id {self.config.image_token_id}) but no "
+                "pixel_values were given (0 image features)"
+            )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        r"""
+        input_ids: (batch, seq) LLM-stream ids; each tile occupies `tokens_per_tile` `<IMG_CONTEXT>` positions.
+        pixel_values: (tiles, 3, H, W), the tiles of every image of every row, in order.
+        inputs_embeds: (batch, seq, hidden) text embeddings to use instead of `embed_tokens(input_ids)`.
+        attention_mask: (batch, past + seq) 2-D padding mask (left padding supported).
+        """
+        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
+        kwargs.pop("cache_position", None)  # older generate() versions may still send it; positions are ours
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        use_cache = use_cache if use_cache is not None else self.config.text_config.use_cache
+        if self.training and self.is_gradient_checkpointing:
+            use_cache = False
+        cache = self._prepare_shared_cache(cache, bool(use_cache))
+
+        if inputs_embeds is None:
+            inputs_embeds = self.embedding_model.embed_tokens(input_ids)
+        query_length = inputs_embeds.shape[1]
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, past_length, query_length, inputs_embeds.device)
+        if pixel_values is None:
+            self._check_no_orphan_image_tokens(input_ids, past_length)
+
+        if self.config.embedding_config.pixel_shuffle_loc == "pre":
+            if pixel_values is not None:
+                image_mask = self._image_token_mask(input_ids, pixel_values.shape[0])
+                image_tokens = self.get_image_features(pixel_values).reshape(-1, inputs_embeds.shape[-1])
+                inputs_embeds = inputs_embeds.masked_scatter(
+                    image_mask.unsqueeze(-1).to(inputs_embeds.device), image_tokens.to(inputs_embeds.dtype)
+                )
+            llm_inputs = self.embedding_model(inputs_embeds, attention_mask, position_ids, cache, **kwargs)
+        else:
+            llm_inputs = self._post_layout_embedding(input_ids, inputs_embeds, pixel_values, attention_mask, cache)
+
+        if self.config.embedding_config.normalize_output:
+            llm_inputs = F.normalize(llm_inputs, dim=-1)
+
+        outputs = self.language_model(
+            inputs_embeds=llm_inputs,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            **{_CACHE_KWARG: cache},
+            **kwargs,
+        )
+        return BaseModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{_CACHE_FIELD: cache},
+        )
+
+    def _post_layout_embedding(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None,
+    ) -> torch.Tensor:
+        """`post` layout: the embedding stream holds every patch of every tile, so it is longer than the LLM stream
+        (by `patches - tokens_per_tile` per tile) and keeps its own padding mask and positions."""
+        batch, length, hidden = inputs_embeds.shape
+        device = inputs_embeds.device
+        new_mask = (
+            attention_mask[:, -length:]
+            if attention_mask is not None
+            else torch.ones(batch, length, dtype=torch.long, device=device)
+        )
+        if pixel_values is None:
+            # Text only (decode steps, text prompts): both streams advance one slot per token.
+            stream_embeds, stream_new_mask, llm_slots, image_slots = inputs_embeds, new_mask, None, None
+        else:
+            image_mask = self._image_token_mask(input_ids, pixel_values.shape[0])  # (B, S)
+            ratio = self.config.embedding_config.patches_per_side**2 // self.config.tokens_per_tile
+            # Each image token of the LLM stream stands for `ratio` patch slots of the embedding stream.
+            repeats = 1 + (ratio - 1) * image_mask.long()  # (B, S)
+            stream_lengths = repeats.sum(-1)
+            stream_length = int(stream_lengths.max())
+            stream_embeds = inputs_embeds.new_zeros(batch, stream_length, hidden)
+            stream_new_mask = new_mask.new_zeros(batch, stream_length)
+            image_slots = torch.zeros(batch, stream_length, dtype=torch.bool, device=device)
+            llm_slots = torch.empty(batch, length, dtype=torch.long, device=device)
+            for row in range(batch):
+                pad = stream_length - int(stream_lengths[row])  # extra left padding for rows with fewer tiles
+                source = torch.repeat_interleave(torch.arange(length, device=device), repeats[row])
+                stream_embeds[row, pad:] = inputs_embeds[row, source]
+                stream_new_mask[row, pad:] = new_mask[row, source]
+                image_slots[row, pad:] = image_mask[row, source]
+                llm_slots[row] = pad + repeats[row].cumsum(0) - 1  # LLM position -> its (last) stream slot
+            patches = self.embedding_model.vision_embeddings(pixel_values).reshape(-1, hidden)
+            stream_embeds = stream_embeds.masked_scatter(image_slots.unsqueeze(-1), patches.to(stream_embeds.dtype))
+
+        past_mask = getattr(cache, _EMBEDDING_MASK_ATTR, None) if cache is not None else None
+        if cache is not None and past_mask is not None:
+            past_mask = past_mask[:, : cache.get_seq_length(self.num_text_layers)]  # survives `crop()`
+        stream_mask = stream_new_mask if past_mask is None else torch.cat([past_mask, stream_new_mask], dim=-1)
+        if cache is not None:
+            setattr(cache, _EMBEDDING_MASK_ATTR, stream_mask)
+        query_length = stream_embeds.shape[1]
+        stream_positions = positions_from_mask(stream_mask, stream_mask.shape[1] - query_length, query_length, device)
+        stream_out = self.embedding_model(stream_embeds, stream_mask, stream_positions, cache)
+        if pixel_values is None:
+            return stream_out
+
+        llm_inputs = torch.gather(stream_out, 1, llm_slots.unsqueeze(-1).expand(-1, -1, hidden))
+        tiles = pixel_values.shape[0]
+        image_states = stream_out[image_slots].reshape(tiles, -1, hidden)  # (tiles, patches, C)
+        image_tokens = self.embedding_model.shuffle_and_project(image_states).reshape(-1, hidden)
+        return llm_inputs.masked_scatter(image_mask.unsqueeze(-1), image_tokens.to(llm_inputs.dtype))
+
+
+class HoVLEForConditionalGeneration(HoVLEPreTrainedModel, GenerationMixin):
+    """HoVLE with its LM head: what `AutoModel` and `AutoModelForImageTextToText` load."""
+
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __init__(self, config: HoVLEConfig):
+        super().__init__(config)
+        self.model = HoVLEModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        labels: (batch, seq) next-token targets, `-100` where nothing is supervised; the shift happens inside the
+            loss, which goes through `self.loss_function` so the Trainer's `num_items_in_batch` is honoured.
+        logits_to_keep: compute logits for the last N positions only (0 = all), as in transformers' LMs.
+        """
+        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
+        )
+
+
+__all__ = ["HoVLEForConditionalGeneration", "HoVLEModel", "HoVLEPreTrainedModel"]
