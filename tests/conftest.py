@@ -1,0 +1,62 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hovle.conversion.convert_hovle_to_hf import convert
+from hovle.conversion.tiny_checkpoint import TINY_IMAGE_TOKEN, tiny_config
+from hovle.modeling_hovle import HoVLEForConditionalGeneration
+
+FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "original_tiny"
+SHAPES_JSON = FIXTURE.parents[1] / "reference" / "original_checkpoint_shapes.json"
+IMG_START, IMG_END = TINY_IMAGE_TOKEN - 2, TINY_IMAGE_TOKEN - 1
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    assert (FIXTURE / "original" / "config.json").exists(), f"golden fixture not found at {FIXTURE}"
+    return FIXTURE
+
+
+@pytest.fixture(scope="session")
+def converted_fixture(tmp_path_factory, fixture_dir) -> Path:
+    out = tmp_path_factory.mktemp("converted") / "hovle-tiny"
+    return convert(fixture_dir / "original", out, dtype="float32", progress=False)
+
+
+def build_model(pixel_shuffle_loc="pre", attn="eager", seed=0) -> HoVLEForConditionalGeneration:
+    torch.manual_seed(seed)
+    config = tiny_config(pixel_shuffle_loc)
+    config._attn_implementation = attn
+    model = HoVLEForConditionalGeneration(config).eval()
+    # Larger-than-init weights so that logits differ clearly between tokens (a meaningful greedy path).
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layernorm" not in name and "norm.weight" not in name:
+                param.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(hash(name) % 2**31))
+    return model
+
+
+def image_prompt(text_before: list[int], tiles_per_image: list[int], text_after: list[int], tokens_per_tile=4):
+    """BOS + text + one `<img><IMG_CONTEXT>*n</img>` block per image + text, as a list of ids."""
+    ids = [1, *text_before]
+    for tiles in tiles_per_image:
+        ids += [IMG_START] + [TINY_IMAGE_TOKEN] * (tiles * tokens_per_tile) + [IMG_END]
+    return ids + list(text_after)
+
+
+def load_expected(fixture_dir: Path):
+    from safetensors.torch import load_file
+
+    cases = json.loads((fixture_dir / "expected.json").read_text())["cases"]
+    return cases, load_file(str(fixture_dir / "expected.safetensors"))
+
+
+def output_cache(outputs):
+    """The cache of a model output on any supported transformers (`cache` since 5.2x, `past_key_values` before)."""
+    return outputs["cache"] if "cache" in outputs else outputs["past_key_values"]
