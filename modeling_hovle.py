@@ -45,7 +45,9 @@ _CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalL
 _EMBEDDING_MASK_ATTR = "hovle_embedding_attention_mask"
 
 
-def positions_from_mask(attention_mask: torch.Tensor | None, past_length: int, query_length: int, device) -> torch.Tensor:
+def positions_from_mask(
+    attention_mask: torch.Tensor | None, past_length: int, query_length: int, device
+) -> torch.Tensor:
     """1-D positions of the last `query_length` tokens: `cumsum(mask) - 1` (left-padding aware), else a range."""
     if attention_mask is None:
         return torch.arange(past_length, past_length + query_length, device=device).unsqueeze(0)

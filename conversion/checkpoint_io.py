@@ -110,7 +110,9 @@ class TensorSource:
             # mmap keeps a .bin shard out of RAM; weights_only refuses arbitrary pickled code.
             state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         except Exception as error:  # torch.load raises RuntimeError, UnpicklingError, EOFError... for bad files
-            raise CheckpointError(f"Cannot read {file.name} (truncated, corrupt or not a weights file): {error}") from error
+            raise CheckpointError(
+                f"Cannot read {file.name} (truncated, corrupt or not a weights file): {error}"
+            ) from error
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(f"{file.name} does not hold a flat dict of tensors")
         self._bin_shards[file] = state

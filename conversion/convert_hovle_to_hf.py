@@ -84,7 +84,11 @@ def validate_source(shapes: dict[str, tuple[int, ...]], config: HoVLEConfig) -> 
     expected = expected_original_shapes(config)
     unexpected = sorted(k for k in shapes if k not in expected)
     missing = sorted(k for k in expected if k not in shapes)
-    wrong = [f"{k}: {list(shapes[k])} != expected {list(expected[k])}" for k in shapes if k in expected and shapes[k] != expected[k]]
+    wrong = [
+        f"{k}: {list(shapes[k])} != expected {list(expected[k])}"
+        for k in shapes
+        if k in expected and shapes[k] != expected[k]
+    ]
     problems = []
     if unexpected:
         problems.append(f"unknown tensor(s) not in the HoVLE layout: {unexpected}")

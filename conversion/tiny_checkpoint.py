@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from hovle.configuration_hovle import HoVLEConfig
 from hovle.conversion.config_map import original_config_from_hovle
 from hovle.conversion.convert_hovle_to_hf import expected_original_shapes
-from hovle.configuration_hovle import HoVLEConfig
 
 # Same ids as the golden fixture: vocab 1024, <img> 1020, </img> 1021, <IMG_CONTEXT> 1022.
 TINY_VOCAB = 1024
@@ -65,8 +65,7 @@ def random_original_state_dict(config: HoVLEConfig, seed: int = 0, std: float = 
     """Every original-layout tensor for `config`, random (norm weights included, as in the golden fixture)."""
     generator = torch.Generator().manual_seed(seed)
     return {
-        key: torch.randn(shape, generator=generator) * std
-        for key, shape in expected_original_shapes(config).items()
+        key: torch.randn(shape, generator=generator) * std for key, shape in expected_original_shapes(config).items()
     }
 
 

@@ -140,7 +140,7 @@ def original_keys_for(num_embedding_layers: int, num_text_layers: int) -> Iterat
 def original_to_ours(mapping: KeyMapping, tensor: torch.Tensor, geometries: dict[str, AttentionGeometry]):
     """(our key, tensor) pairs for one original tensor."""
     if mapping.is_fused:
-        return list(zip(mapping.targets, geometries[mapping.stack].split_wqkv(tensor)))
+        return list(zip(mapping.targets, geometries[mapping.stack].split_wqkv(tensor), strict=True))
     return [(mapping.targets[0], tensor)]
 
 

@@ -22,15 +22,22 @@ def left_pad(prompts):
     ids = torch.full((len(prompts), width), PAD)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt)
-        mask[row, width - len(prompt):] = 1
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
     return ids, mask
 
 
 def run(model, ids, mask, pixels):
     return model.generate(
-        input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=STEPS, min_new_tokens=STEPS,
-        do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=PAD,
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=pixels,
+        max_new_tokens=STEPS,
+        min_new_tokens=STEPS,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=PAD,
     )
 
 
@@ -47,7 +54,7 @@ def test_left_padded_batch_equals_single_runs(loc, attn):
     for row, (prompt, px) in enumerate(samples):
         single_ids = torch.tensor([prompt])
         alone = run(model, single_ids, torch.ones_like(single_ids), px)
-        assert batch.sequences[row, ids.shape[1]:].tolist() == alone.sequences[0, len(prompt):].tolist(), row
+        assert batch.sequences[row, ids.shape[1] :].tolist() == alone.sequences[0, len(prompt) :].tolist(), row
         torch.testing.assert_close(batch_logits[row], torch.stack(alone.logits, 1)[0], atol=1e-4, rtol=0)
 
 
@@ -61,4 +68,4 @@ def test_padded_prefill_logits_match_unpadded():
         batch = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
         for row, (prompt, px) in enumerate(samples):
             alone = model(input_ids=torch.tensor([prompt]), pixel_values=px).logits[0]
-            torch.testing.assert_close(batch[row, ids.shape[1] - len(prompt):], alone, atol=1e-4, rtol=0)
+            torch.testing.assert_close(batch[row, ids.shape[1] - len(prompt) :], alone, atol=1e-4, rtol=0)

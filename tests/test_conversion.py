@@ -4,7 +4,6 @@ import json
 
 import torch
 from conftest import SHAPES_JSON
-from safetensors.torch import load_file, save_file
 
 from hovle.conversion.checkpoint_io import TensorSource
 from hovle.conversion.config_map import hovle_config_from_original
@@ -27,17 +26,38 @@ def full_size_original_config():
         "downsample_ratio": 0.5,
         "force_image_size": 448,
         "embedding_config": {
-            "model_type": "holistic_embedding", "num_hidden_layers": 8, "hidden_size": 2048,
-            "num_attention_heads": 16, "num_key_value_heads": 8, "intermediate_size": 8192, "image_size": 448,
-            "patch_size": 14, "llm_vocab_size": 92553, "llm_hidden_size": 2048, "img_context_token_id": 92546,
-            "use_ls": False, "use_pixel_shuffle_proj": True, "pixel_shuffle_loc": "pre", "downsample_ratio": 0.5,
-            "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096,
+            "model_type": "holistic_embedding",
+            "num_hidden_layers": 8,
+            "hidden_size": 2048,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "intermediate_size": 8192,
+            "image_size": 448,
+            "patch_size": 14,
+            "llm_vocab_size": 92553,
+            "llm_hidden_size": 2048,
+            "img_context_token_id": 92546,
+            "use_ls": False,
+            "use_pixel_shuffle_proj": True,
+            "pixel_shuffle_loc": "pre",
+            "downsample_ratio": 0.5,
+            "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 4096,
         },
         "llm_config": {
-            "architectures": ["InternLM2ForCausalLM"], "vocab_size": 92553, "hidden_size": 2048,
-            "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 8,
-            "max_position_embeddings": 32768, "rope_theta": 1000000.0,
-            "rope_scaling": {"type": "dynamic", "factor": 2.0}, "rms_norm_eps": 1e-5, "bias": False,
+            "architectures": ["InternLM2ForCausalLM"],
+            "vocab_size": 92553,
+            "hidden_size": 2048,
+            "intermediate_size": 8192,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "max_position_embeddings": 32768,
+            "rope_theta": 1000000.0,
+            "rope_scaling": {"type": "dynamic", "factor": 2.0},
+            "rms_norm_eps": 1e-5,
+            "bias": False,
             "tie_word_embeddings": False,
         },
     }
@@ -87,8 +107,9 @@ def test_sharded_and_bin_sources_convert_identically(fixture_dir, converted_fixt
     tensors = read_all(fixture_dir / "original")
     config = (fixture_dir / "original" / "config.json").read_text()
     # A sharded safetensors source with an index, written by our own sharding writer via a tiny shard size.
-    sharded = convert(fixture_dir / "original", tmp_path / "sharded_hf", dtype="float32", max_shard_size="200KB",
-                      progress=False)
+    sharded = convert(
+        fixture_dir / "original", tmp_path / "sharded_hf", dtype="float32", max_shard_size="200KB", progress=False
+    )
     assert (sharded / "model.safetensors.index.json").exists()
     assert len(list(sharded.glob("model-*-of-*.safetensors"))) > 1
     back = export(sharded, tmp_path / "sharded_original", max_shard_size="300KB", progress=False)

@@ -18,7 +18,7 @@ def greedy(model, ids, pixel_values, use_cache):
         output_logits=True,
         return_dict_in_generate=True,
     )
-    return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, dim=1)
+    return out.sequences[:, ids.shape[1] :], torch.stack(out.logits, dim=1)
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,11 @@ def test_converted_fixture_reproduces_original_outputs(converted_fixture, fixtur
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-c", CHILD, str(converted_fixture), str(fixture_dir)],
-        capture_output=True, text=True, env=env, timeout=600, cwd="/",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd="/",
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.split("REPORT", 1)[1])

@@ -23,7 +23,11 @@ CHILD = textwrap.dedent(
 
 def test_runs_on_cpu_without_flash_attn():
     result = subprocess.run(
-        [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=300, env={"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+        [sys.executable, "-c", CHILD],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("OK")
