@@ -22,7 +22,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-import hovle
+from hovle import configuration_hovle
 from hovle.configuration_hovle import HoVLEConfig
 from hovle.conversion.checkpoint_io import (
     CheckpointError,
@@ -129,7 +129,7 @@ Pixel-shuffle location: `{config.embedding_config.pixel_shuffle_loc}`; {config.t
 
 
 def copy_remote_code(folder: Path) -> None:
-    package_dir = Path(hovle.__file__).parent
+    package_dir = Path(configuration_hovle.__file__).parent  # the flat repo root, or the installed package
     for name in ROOT_MODULES:
         if (package_dir / name).exists():
             shutil.copy2(package_dir / name, folder / name)

@@ -1,0 +1,120 @@
+"""Decoding cost per token of HoVLE with the cache, side by side in one run with
+
+* the structural floor: a plain `LlamaForCausalLM` of the same width, vocabulary and 8 + 24 layers, decoding the
+  same number of tokens after a prompt of the same length (no image work, one stack, one mask);
+* full recomputation per token (`use_cache=False`): what the original release's generation path does.
+
+The per-token figure is (time to generate 1 + N tokens - time to generate 1 token) / N, best of `--repeats`, so the
+prefill cost cancels out. Random weights: decoding cost does not depend on their values.
+
+    python benchmarks/decode_cost.py [--hidden 1024] [--new-tokens 16] [--dtype float32] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hovle.configuration_hovle import HoVLEConfig
+from hovle.modeling_hovle import HoVLEForConditionalGeneration
+
+VOCAB, IMAGE_TOKEN = 92553, 92546
+
+
+def build(hidden: int, dtype: torch.dtype):
+    shared = dict(
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 128,
+        vocab_size=VOCAB,
+    )
+    config = HoVLEConfig(
+        embedding_config=dict(shared, num_hidden_layers=8, image_size=448, patch_size=14),
+        text_config=dict(shared, num_hidden_layers=24, rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+        image_token_id=IMAGE_TOKEN,
+    )
+    config._attn_implementation = "sdpa"
+    floor_config = LlamaConfig(
+        **shared, num_hidden_layers=32, rope_parameters={"rope_type": "default", "rope_theta": 1e6}
+    )
+    floor_config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    hovle = HoVLEForConditionalGeneration(config).to(dtype).eval()
+    floor = LlamaForCausalLM(floor_config).to(dtype).eval()
+    return hovle, floor, config
+
+
+def timed_generate(model, new_tokens: int, use_cache: bool, **inputs) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache
+        )
+    elapsed = time.perf_counter() - start
+    assert out.shape[1] == inputs["input_ids"].shape[1] + new_tokens
+    return elapsed
+
+
+def per_token(model, new_tokens: int, repeats: int, use_cache: bool = True, **inputs) -> float:
+    """Best-of-`repeats` seconds per decoded token, prefill excluded."""
+    one = min(timed_generate(model, 1, use_cache, **inputs) for _ in range(repeats))
+    many = min(timed_generate(model, 1 + new_tokens, use_cache, **inputs) for _ in range(repeats))
+    return (many - one) / new_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=1024, help="model width (the release: 2048)")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--recompute-tokens", type=int, default=4, help="tokens for the slow no-cache baseline")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--text-tokens", type=int, default=30)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+
+    hovle, floor, config = build(args.hidden, dtype)
+    image = [config.image_start_token_id] + [IMAGE_TOKEN] * config.tokens_per_tile + [config.image_end_token_id]
+    prompt = torch.tensor([[1, *image, *range(100, 100 + args.text_tokens)]])
+    pixels = torch.randn(1, 3, 448, 448, dtype=dtype)
+    floor_prompt = torch.randint(100, 1000, prompt.shape)
+
+    results = {
+        "hidden": args.hidden,
+        "layers": "8 + 24",
+        "dtype": args.dtype,
+        "prompt_tokens": prompt.shape[1],
+        "threads": torch.get_num_threads(),
+    }
+    # Interleave the two cached measurements so machine noise hits both alike.
+    hovle_s = per_token(hovle, args.new_tokens, args.repeats, input_ids=prompt, pixel_values=pixels)
+    floor_s = per_token(floor, args.new_tokens, args.repeats, input_ids=floor_prompt)
+    hovle_s = min(hovle_s, per_token(hovle, args.new_tokens, args.repeats, input_ids=prompt, pixel_values=pixels))
+    floor_s = min(floor_s, per_token(floor, args.new_tokens, args.repeats, input_ids=floor_prompt))
+    recompute_s = per_token(hovle, args.recompute_tokens, 1, use_cache=False, input_ids=prompt, pixel_values=pixels)
+    results.update(
+        hovle_cached_ms_per_token=hovle_s * 1e3,
+        llama_floor_ms_per_token=floor_s * 1e3,
+        hovle_full_recompute_ms_per_token=recompute_s * 1e3,
+        ratio_to_llama_floor=hovle_s / floor_s,
+        speedup_over_full_recompute=recompute_s / hovle_s,
+    )
+    print(f"| measure ({args.dtype}, width {args.hidden}, 8+24 layers, {prompt.shape[1]}-token prompt) | ms/token |")
+    print("|---|---|")
+    print(f"| HoVLE, cached (both stacks) | {hovle_s * 1e3:.1f} |")
+    print(f"| plain LlamaForCausalLM, 32 layers, cached (floor) | {floor_s * 1e3:.1f} |")
+    print(f"| HoVLE, full recomputation per token | {recompute_s * 1e3:.1f} |")
+    print(f"ratio to floor: {hovle_s / floor_s:.3f}x; speed-up over full recomputation: {recompute_s / hovle_s:.1f}x")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
