@@ -22,6 +22,10 @@ setup(
         "huggingface_hub>=1.0",
         "tqdm",
         "pillow",
+        "numpy",
+        # tokenizer conversion reads sentencepiece models
+        "sentencepiece>=0.2",
+        "protobuf",
     ],
     extras_require={
         "flash-attn": ["flash-attn>=2.6"],

@@ -33,6 +33,7 @@ from hovle.conversion.checkpoint_io import (
     resolve_folder,
 )
 from hovle.conversion.config_map import hovle_config_from_original
+from hovle.conversion.tokenizer_conversion import write_processor_files
 from hovle.conversion.weight_map import (
     geometries_from_config,
     map_original_key,
@@ -135,14 +136,17 @@ def copy_remote_code(folder: Path) -> None:
             shutil.copy2(package_dir / name, folder / name)
 
 
-def save_hf_config(config: HoVLEConfig, folder: Path, dtype: torch.dtype) -> None:
+def save_hf_config(config: HoVLEConfig, folder: Path, dtype: torch.dtype, end_of_turn_id: int | None) -> None:
     config.auto_map = dict(AUTO_MAP)
     config.architectures = ["HoVLEForConditionalGeneration"]
     config.dtype = dtype
     config.save_pretrained(folder)
+    eos = config.text_config.eos_token_id
+    # Chat replies end with <|im_end|>: stop there by default (and at </s>).
+    eos = [end_of_turn_id, eos] if end_of_turn_id is not None else eos
     GenerationConfig(
         bos_token_id=config.text_config.bos_token_id,
-        eos_token_id=config.text_config.eos_token_id,
+        eos_token_id=eos,
         pad_token_id=config.text_config.pad_token_id,
     ).save_pretrained(folder)
 
@@ -181,7 +185,8 @@ def convert(
             for target, tensor in original_to_ours(map_original_key(key), tensors.get(key), geometries):
                 writer.add(target, tensor.to(target_dtype))
         writer.finish()
-        save_hf_config(config, scratch, target_dtype)
+        token_ids = write_processor_files(folder, scratch, config)
+        save_hf_config(config, scratch, target_dtype, token_ids["im_end"] if token_ids else None)
         copy_remote_code(scratch)
         base_model = str(source) if not Path(source).exists() else "OpenGVLab/HoVLE"
         write_model_card(scratch, base_model, dtype, config)

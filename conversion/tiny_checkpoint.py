@@ -80,3 +80,58 @@ def write_original_checkpoint(
     save_file(state_dict, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(original_config_from_hovle(config), indent=2) + "\n")
     return folder
+
+
+# The InternLM2 chat tokens live inside the sentencepiece model as user-defined pieces; HoVLE's image tokens come
+# after it (here only the three the model needs, so that they land on the tiny model's ids 1020-1022).
+CHAT_PIECES = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
+TINY_ADDED_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>"]
+
+
+def tiny_corpus(lines: int = 4000, seed: int = 0) -> list[str]:
+    """Mixed-script random text: enough distinct pieces for a 1020-piece BPE vocabulary."""
+    import random
+
+    rng = random.Random(seed)
+    alphabet = (
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJ"
+        + "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年"
+        + "éüßçñ"
+    )
+    words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 7))) for _ in range(3000)]
+    words += ["image", "describe", "picture", "what", "is", "the", "hello", "world", "你好", "图片"]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) for _ in range(lines)]
+
+
+def write_tiny_tokenizer(folder: str | Path, add_dummy_prefix: bool = False, vocab_size: int = 1020) -> Path:
+    """A sentencepiece BPE `tokenizer.model` with InternLM2's special pieces (ids: <unk> 0, <s> 1, </s> 2, chat
+    pieces 3-8) and a `tokenizer_config.json` listing the added image tokens after it, as the release has them."""
+    import sentencepiece
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(tiny_corpus()),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        user_defined_symbols=CHAT_PIECES,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        add_dummy_prefix=add_dummy_prefix,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        minloglevel=2,
+    )
+    (folder / "tokenizer.vocab").unlink()
+    added = {
+        str(vocab_size + i): {"content": token, "special": True, "lstrip": False, "rstrip": False, "normalized": False}
+        for i, token in enumerate(TINY_ADDED_TOKENS)
+    }
+    config = {"tokenizer_class": "InternLM2Tokenizer", "added_tokens_decoder": added, "add_bos_token": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
