@@ -60,6 +60,30 @@ CHAT_TEMPLATE = (
 )
 
 
+def image_token_block(num_tiles: int, tokens_per_tile: int) -> str:
+    return IMAGE_START + IMAGE_CONTEXT * (tokens_per_tile * num_tiles) + IMAGE_END
+
+
+def expand_image_placeholders(text: str, num_tiles: list[int], tokens_per_tile: int) -> str:
+    """Replace the `<image>` placeholders of `text`, in order, by each image's token block."""
+    found = text.count(IMAGE_PLACEHOLDER)
+    if found != len(num_tiles):
+        raise ValueError(
+            f"The text has {found} {IMAGE_PLACEHOLDER} placeholders but {len(num_tiles)} images were given"
+        )
+    tiles = iter(num_tiles)
+    return re.sub(re.escape(IMAGE_PLACEHOLDER), lambda _: image_token_block(next(tiles), tokens_per_tile), text)
+
+
+def add_missing_placeholders(text: str, num_images: int) -> str:
+    """The original chat() convention for a question with images but no `<image>`."""
+    if num_images == 0 or IMAGE_PLACEHOLDER in text:
+        return text
+    if num_images == 1:
+        return f"{IMAGE_PLACEHOLDER}\n{text}"
+    return "".join(f"Image-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(num_images)) + text
+
+
 def open_image(image: Any) -> Image.Image:
     """A PIL RGB image from a PIL image, a numpy array or a local path, or a `ValueError` naming the problem."""
     name = "image"
@@ -181,13 +205,13 @@ class HoVLEProcessor(ProcessorMixin):
 
         pixel_values, expanded = [], []
         for sample_text, sample_images in zip(texts, per_text, strict=True):
-            sample_text = self.add_missing_placeholders(sample_text, len(sample_images))
+            sample_text = add_missing_placeholders(sample_text, len(sample_images))
             tiles = []
             for image in sample_images:
                 processed = self.image_processor(images=open_image(image), return_tensors="np", **image_kwargs)
                 pixel_values.append(processed["pixel_values"])
                 tiles.append(int(processed["pixel_values"].shape[0]))
-            expanded.append(self.expand_placeholders(sample_text, tiles))
+            expanded.append(expand_image_placeholders(sample_text, tiles, self.tokens_per_tile))
 
         kwargs.setdefault("padding", len(expanded) > 1)
         kwargs.setdefault("padding_side", "left")
@@ -213,4 +237,11 @@ class HoVLEProcessor(ProcessorMixin):
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-__all__ = ["HoVLEProcessor", "CHAT_TEMPLATE", "DEFAULT_SYSTEM_MESSAGE", "open_image"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "DEFAULT_SYSTEM_MESSAGE",
+    "HoVLEProcessor",
+    "add_missing_placeholders",
+    "expand_image_placeholders",
+    "open_image",
+]

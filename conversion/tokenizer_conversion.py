@@ -165,4 +165,9 @@ def write_processor_files(source: Path, output: Path, config) -> dict[str, int] 
     processor = build_processor(tokenizer, config)
     processor.register_for_auto_class("AutoProcessor")
     processor.save_pretrained(output)
+    # The tokenizer is a stock fast tokenizer: keep the processor's remote-code pointer out of its config.
+    tokenizer_config = output / "tokenizer_config.json"
+    settings = json.loads(tokenizer_config.read_text())
+    settings.pop("auto_map", None)
+    tokenizer_config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
     return {"im_end": tokenizer.convert_tokens_to_ids("<|im_end|>"), "pad": tokenizer.pad_token_id}
