@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 install:
 	scripts/install.sh $(VENV)
 
-demo: install            ## tiny original checkpoint -> convert -> AutoModel (trust_remote_code) -> generate
+demo: install            ## `hovle chat` on the embedded default: a tiny untrained model built offline
+	HF_HUB_OFFLINE=1 $(VENV)/bin/hovle chat --image scripts/sample.png "What is in this picture?"
 	HF_HUB_OFFLINE=1 $(PY) scripts/quickstart.py
 
 test: install            ## the whole suite (a few minutes on 2 cores)

@@ -11,8 +11,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["hovle", "hovle.conversion"],
-    package_dir={"hovle": ".", "hovle.conversion": "conversion"},
+    packages=["hovle", "hovle.conversion", "hovle.tools"],
+    package_dir={"hovle": ".", "hovle.conversion": "conversion", "hovle.tools": "tools"},
     py_modules=[],
     install_requires=[
         # 5.17 is the oldest release the suite is run against (the GPU machines carry it).
@@ -33,6 +33,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "hovle=hovle.tools.cli:main",
             "hovle-convert=hovle.conversion.convert_hovle_to_hf:main",
             "hovle-export-original=hovle.conversion.convert_hf_to_hovle:main",
         ]

@@ -1,0 +1,98 @@
+"""`hovle`: the package's command line.
+
+    hovle chat [--model DIR_OR_HUB_ID] [--image PATH ...] "question"   stream a reply
+    hovle convert --input SRC --output DST [--dtype bfloat16] ...       original checkpoint -> Hub folder
+    hovle export --input DIR --output DST                               Hub folder -> original layout
+
+With no `--model`, `chat` builds a tiny RANDOM, UNTRAINED HoVLE offline (original layout -> conversion -> load),
+so the whole path runs anywhere; its replies are noise by construction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+UNTRAINED_BANNER = (
+    "[hovle] No --model given: using a tiny RANDOM, UNTRAINED model built offline. Its replies are noise.\n"
+    "[hovle] Pass --model OpenGVLab/HoVLE-hf (or a converted folder) for the real model."
+)
+
+
+def build_default_model(folder: Path) -> Path:
+    """Tiny original-format checkpoint + tokenizer, converted like a real one."""
+    from hovle.conversion.convert_hovle_to_hf import convert
+    from hovle.conversion.tiny_checkpoint import tiny_config, write_original_checkpoint, write_tiny_tokenizer
+
+    source = write_original_checkpoint(folder / "original", tiny_config("pre"), seed=0)
+    write_tiny_tokenizer(source)
+    return convert(source, folder / "hovle-tiny", dtype="float32", progress=False)
+
+
+def chat(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, TextStreamer
+
+    model_path = args.model
+    if model_path is None:
+        print(UNTRAINED_BANNER, file=sys.stderr)
+        model_path = build_default_model(Path(tempfile.mkdtemp(prefix="hovle-default-")))
+    dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
+    model = AutoModelForImageTextToText.from_pretrained(model_path, trust_remote_code=True, dtype=dtype)
+    model = model.to(args.device).eval()
+
+    content = [{"type": "image"} for _ in args.image] + [{"type": "text", "text": args.question}]
+    messages = [{"role": "user", "content": content}]
+    if args.system is not None:
+        messages.insert(0, {"role": "system", "content": args.system})
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    try:
+        images = [str(path) for path in args.image] or None
+        inputs = processor(images=images, text=prompt, max_patches=args.max_patches, return_tensors="pt")
+        inputs = inputs.to(model.device)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hovle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    chat_parser = commands.add_parser("chat", help="answer a question about images, streaming the reply")
+    chat_parser.add_argument("question")
+    chat_parser.add_argument("--model", help="converted folder or Hub id (default: tiny untrained model)")
+    chat_parser.add_argument("--image", action="append", default=[], type=Path, help="image file (repeatable)")
+    chat_parser.add_argument("--system", help="system message (empty string: none)")
+    chat_parser.add_argument("--max-new-tokens", type=int, default=64)
+    chat_parser.add_argument("--max-patches", type=int, default=6, help="most tiles per image")
+    chat_parser.add_argument("--device", default="cpu")
+    chat_parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+
+    commands.add_parser("convert", help="original checkpoint -> transformers folder", add_help=False)
+    commands.add_parser("export", help="transformers folder -> original layout", add_help=False)
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("convert", "export"):
+        from hovle.conversion import convert_hf_to_hovle, convert_hovle_to_hf
+
+        target = convert_hovle_to_hf if argv[0] == "convert" else convert_hf_to_hovle
+        return target.main(argv[1:])
+    args = parser.parse_args(argv)
+    for path in args.image:
+        if not path.is_file():
+            parser.error(f"--image {path}: no such file")
+    return chat(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
