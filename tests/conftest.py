@@ -60,3 +60,14 @@ def load_expected(fixture_dir: Path):
 def output_cache(outputs):
     """The cache of a model output on any supported transformers (`cache` since 5.2x, `past_key_values` before)."""
     return outputs["cache"] if "cache" in outputs else outputs["past_key_values"]
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_folder(tmp_path_factory) -> Path:
+    """A converted tiny model WITH tokenizer and processor (the fixture has none): what a Hub repo holds."""
+    from hovle.conversion.tiny_checkpoint import write_original_checkpoint, write_tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("hub")
+    source = write_original_checkpoint(root / "original", tiny_config("pre"), seed=0)
+    write_tiny_tokenizer(source)
+    return convert(source, root / "hovle-tiny", dtype="float32", progress=False)

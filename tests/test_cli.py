@@ -1,0 +1,43 @@
+"""The `hovle` command line: the offline untrained default, streaming, and convert."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hovle.tools.cli import main
+
+
+def run_cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "hovle.tools.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_chat_default_model_is_labelled_and_streams(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (64, 48), "blue").save(image)
+    result = run_cli("chat", "--image", str(image), "--max-new-tokens", "5", "What is this?")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "UNTRAINED" in result.stderr
+    assert result.stdout.strip(), "the streamed reply goes to stdout"
+
+
+def test_chat_reports_bad_image(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    result = run_cli("chat", "--image", str(bad), "What is this?")
+    assert result.returncode == 2
+    assert "bad.png is not an image" in result.stderr
+
+
+def test_convert_subcommand(fixture_dir, tmp_path):
+    out = tmp_path / "converted"
+    assert main(["convert", "--input", str(fixture_dir / "original"), "--output", str(out), "--dtype", "float32"]) == 0
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+    with pytest.raises(SystemExit):
+        main(["chat", "--image", str(tmp_path / "missing.png"), "q"])
