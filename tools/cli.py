@@ -36,13 +36,14 @@ def chat(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, TextStreamer
 
-    model_path = args.model
-    if model_path is None:
-        print(UNTRAINED_BANNER, file=sys.stderr)
-        model_path = build_default_model(Path(tempfile.mkdtemp(prefix="hovle-default-")))
     dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
-    model = AutoModelForImageTextToText.from_pretrained(model_path, trust_remote_code=True, dtype=dtype)
+    with tempfile.TemporaryDirectory(prefix="hovle-default-") as scratch:
+        model_path = args.model
+        if model_path is None:
+            print(UNTRAINED_BANNER, file=sys.stderr)
+            model_path = build_default_model(Path(scratch))
+        processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
+        model = AutoModelForImageTextToText.from_pretrained(model_path, trust_remote_code=True, dtype=dtype)
     model = model.to(args.device).eval()
 
     content = [{"type": "image"} for _ in args.image] + [{"type": "text", "text": args.question}]
