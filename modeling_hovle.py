@@ -218,6 +218,11 @@ class HoVLEModel(HoVLEPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embedding_model.embed_tokens = value
 
+    def _activation_checkpointing(self) -> bool:
+        # Renamed in 5.2x (`is_gradient_checkpointing` now warns); read whichever this version has.
+        flag = getattr(type(self), "is_activation_checkpointing", None)
+        return bool(self.is_activation_checkpointing if flag is not None else self.is_gradient_checkpointing)
+
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Image tokens as the `pre` layout inserts them: (tiles, tokens_per_tile, hidden)."""
         return self.embedding_model.shuffle_and_project(self.embedding_model.vision_embeddings(pixel_values))
@@ -293,7 +298,7 @@ class HoVLEModel(HoVLEPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         use_cache = use_cache if use_cache is not None else self.config.text_config.use_cache
-        if self.training and self.is_gradient_checkpointing:
+        if self.training and self._activation_checkpointing():
             use_cache = False
         cache = self._prepare_shared_cache(cache, bool(use_cache))
 

@@ -193,16 +193,27 @@ class HoVLEProcessor(ProcessorMixin):
         """
         if text is None:
             raise ValueError("HoVLEProcessor needs text (use apply_chat_template for chat messages)")
-        texts = [text] if isinstance(text, str) else list(text)
-        per_text = self._images_per_text(images, texts)
         return_tensors = kwargs.pop("return_tensors", None)
         for key in ("images_kwargs", "text_kwargs", "processor_kwargs"):
             kwargs.update(kwargs.pop(key, None) or {})
-        image_kwargs = {"max_patches": max_patches} if max_patches is not None else {}
-        for key in ("min_patches", "crop_to_patches"):
-            if key in kwargs:
-                image_kwargs[key] = kwargs.pop(key)
+        max_patches = kwargs.pop("max_patches", max_patches)
+        image_kwargs = {key: kwargs.pop(key) for key in ("min_patches", "crop_to_patches") if key in kwargs}
+        expanded, pixel_values = self.expand_texts(text, images, max_patches=max_patches, **image_kwargs)
 
+        kwargs.setdefault("padding", len(expanded) > 1)
+        kwargs.setdefault("padding_side", "left")
+        kwargs.setdefault("return_attention_mask", True)
+        data = dict(self.tokenizer(expanded, **kwargs))
+        if pixel_values is not None:
+            data["pixel_values"] = pixel_values
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def expand_texts(self, text, images=None, max_patches: int | None = None, **image_kwargs):
+        """Tile the images and expand the placeholders: (expanded texts, pixel values of all tiles or None)."""
+        texts = [text] if isinstance(text, str) else list(text)
+        per_text = self._images_per_text(images, texts)
+        if max_patches is not None:
+            image_kwargs["max_patches"] = max_patches
         pixel_values, expanded = [], []
         for sample_text, sample_images in zip(texts, per_text, strict=True):
             sample_text = add_missing_placeholders(sample_text, len(sample_images))
@@ -212,15 +223,7 @@ class HoVLEProcessor(ProcessorMixin):
                 pixel_values.append(processed["pixel_values"])
                 tiles.append(int(processed["pixel_values"].shape[0]))
             expanded.append(expand_image_placeholders(sample_text, tiles, self.tokens_per_tile))
-
-        kwargs.setdefault("padding", len(expanded) > 1)
-        kwargs.setdefault("padding_side", "left")
-        kwargs.setdefault("return_attention_mask", True)
-        text_inputs = self.tokenizer(expanded, **kwargs)
-        data = dict(text_inputs)
-        if pixel_values:
-            data["pixel_values"] = np.concatenate(pixel_values).astype(np.float32)
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        return expanded, (np.concatenate(pixel_values).astype(np.float32) if pixel_values else None)
 
     def post_process_image_text_to_text(
         self, generated_outputs, skip_special_tokens: bool = True, **kwargs

@@ -11,8 +11,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["hovle", "hovle.conversion", "hovle.tools"],
-    package_dir={"hovle": ".", "hovle.conversion": "conversion", "hovle.tools": "tools"},
+    packages=["hovle", "hovle.conversion", "hovle.tools", "hovle.training"],
+    package_dir={"hovle": ".", "hovle.conversion": "conversion", "hovle.tools": "tools", "hovle.training": "training"},
     py_modules=[],
     install_requires=[
         # 5.17 is the oldest release the suite is run against (the GPU machines carry it).
@@ -29,7 +29,8 @@ setup(
     ],
     extras_require={
         "flash-attn": ["flash-attn>=2.6"],
-        "test": ["pytest>=8", "ruff>=0.6"],
+        "train": ["accelerate>=1.1"],
+        "test": ["pytest>=8", "ruff>=0.6", "accelerate>=1.1"],
     },
     entry_points={
         "console_scripts": [
