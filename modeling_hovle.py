@@ -302,12 +302,52 @@ class HoVLEModel(HoVLEPreTrainedModel):
             use_cache = False
         cache = self._prepare_shared_cache(cache, bool(use_cache))
 
-        if inputs_embeds is None:
-            inputs_embeds = self.embedding_model.embed_tokens(input_ids)
-        query_length = inputs_embeds.shape[1]
         past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
-            position_ids = positions_from_mask(attention_mask, past_length, query_length, inputs_embeds.device)
+            length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            device = (input_ids if input_ids is not None else inputs_embeds).device
+            position_ids = positions_from_mask(attention_mask, past_length, length, device)
+        llm_inputs = self.holistic_embedding(
+            input_ids, pixel_values, attention_mask, position_ids, cache, inputs_embeds=inputs_embeds, **kwargs
+        )
+
+        outputs = self.language_model(
+            inputs_embeds=llm_inputs,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            **{_CACHE_KWARG: cache},
+            **kwargs,
+        )
+        return BaseModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{_CACHE_FIELD: cache},
+        )
+
+    def holistic_embedding(
+        self,
+        input_ids: torch.LongTensor | None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """The embedding module's output, i.e. the LLM's `inputs_embeds`: (batch, seq, hidden) on the LLM stream.
+
+        This is what training stage I distils: image positions towards a teacher's image features, text
+        positions towards the LLM's own token embeddings.
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.embedding_model.embed_tokens(input_ids)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = positions_from_mask(
+                attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device
+            )
         if pixel_values is None:
             self._check_no_orphan_image_tokens(input_ids, past_length)
 
@@ -324,21 +364,7 @@ class HoVLEModel(HoVLEPreTrainedModel):
 
         if self.config.embedding_config.normalize_output:
             llm_inputs = F.normalize(llm_inputs, dim=-1)
-
-        outputs = self.language_model(
-            inputs_embeds=llm_inputs,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            **{_CACHE_KWARG: cache},
-            **kwargs,
-        )
-        return BaseModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            **{_CACHE_FIELD: cache},
-        )
+        return llm_inputs
 
     def _post_layout_embedding(
         self,

@@ -3,6 +3,7 @@
     hovle chat [--model DIR_OR_HUB_ID] [--image PATH ...] "question"   stream a reply
     hovle convert --input SRC --output DST [--dtype bfloat16] ...       original checkpoint -> Hub folder
     hovle export --input DIR --output DST                               Hub folder -> original layout
+    hovle train --model DIR --data train.jsonl --stage 1|2|3 --output OUT  fine-tune (see hovle.training.train)
 
 With no `--model`, `chat` builds a tiny RANDOM, UNTRAINED HoVLE offline (original layout -> conversion -> load),
 so the whole path runs anywhere; its replies are noise by construction.
@@ -81,10 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat_parser.add_argument("--device", default="cpu")
     chat_parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
 
+    commands.add_parser("train", help="fine-tune with the Trainer (stage 1, 2 or 3)", add_help=False)
     commands.add_parser("convert", help="original checkpoint -> transformers folder", add_help=False)
     commands.add_parser("export", help="transformers folder -> original layout", add_help=False)
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from hovle.training.train import main as train_main
+
+        return train_main(argv[1:])
     if argv and argv[0] in ("convert", "export"):
         from hovle.conversion import convert_hf_to_hovle, convert_hovle_to_hf
 
