@@ -25,6 +25,13 @@ from hovle.training.collator import HoVLEChatCollator
 from hovle.training.distillation import DistillationCollator, DistillationTrainer, check_teacher
 from hovle.training.stages import STAGES, apply_stage
 
+# `gradient_checkpointing` became `activation_checkpointing` in 5.2x (the old name warns there).
+CHECKPOINTING_FIELD = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
+
 
 class JsonLinesDataset(torch.utils.data.Dataset):
     def __init__(self, path: str | Path):
@@ -93,7 +100,7 @@ def run(args: argparse.Namespace) -> Path:
         save_strategy="no",
         report_to=[],
         remove_unused_columns=False,
-        gradient_checkpointing=args.gradient_checkpointing,
+        **{CHECKPOINTING_FIELD: args.gradient_checkpointing},
         train_sampling_strategy="sequential" if args.sequential else "random",
         use_cpu=args.cpu,
         bf16=args.bf16,
