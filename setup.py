@@ -29,8 +29,8 @@ setup(
     ],
     extras_require={
         "flash-attn": ["flash-attn>=2.6"],
-        "train": ["accelerate>=1.1"],
-        "test": ["pytest>=8", "ruff>=0.6", "accelerate>=1.1"],
+        "train": ["accelerate>=1.1", "peft>=0.13"],
+        "test": ["pytest>=8", "ruff>=0.6", "accelerate>=1.1", "peft>=0.13"],
     },
     entry_points={
         "console_scripts": [

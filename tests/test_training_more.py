@@ -3,6 +3,7 @@ back to the original layout, and `hovle train`."""
 
 import json
 
+import peft
 import pytest
 import torch
 from test_training import ListDataset, load_model, samples, train
@@ -16,8 +17,6 @@ from hovle.training.collator import HoVLEChatCollator
 from hovle.training.distillation import DistillationCollator, DistillationTrainer, check_teacher, distillation_losses
 from hovle.training.lora import LORA_TARGETS, lora_config, merge_and_save
 from hovle.training.stages import apply_stage
-
-peft = pytest.importorskip("peft")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,10 @@ def test_lora_trains_merges_and_reloads(tiny_hub_folder, processor, tmp_path):
         merged_logits = reloaded.eval()(**batch).logits
     base_logits = load_model(tiny_hub_folder).eval()(**batch).logits.detach()
     assert (adapter_logits - base_logits).abs().max() > 1e-3, "the adapters must have learned something"
-    torch.testing.assert_close(merged_logits, adapter_logits, atol=1e-4, rtol=0)
+    # Folding B@A into W re-rounds every weight in float32; the tiny model's random weights give logits of
+    # magnitude ~10^1, so the tolerance is relative to that scale (1e-5 of the largest logit).
+    scale = adapter_logits.abs().max().item()
+    torch.testing.assert_close(merged_logits, adapter_logits, atol=1e-5 * scale, rtol=0)
     assert not any("lora" in k for k in reloaded.state_dict())
 
 
