@@ -123,8 +123,11 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_hub_folder, processor,
     data = samples(4)
     big = load_model(tiny_hub_folder)
     small = copy.deepcopy(big)
-    train(big, processor, tmp_path / "big", steps=1, batch_size=4, lr=1.0, optim="sgd", data=data)
-    train(small, processor, tmp_path / "small", steps=1, batch_size=2, accumulation=2, lr=1.0, optim="sgd", data=data)
+    big_loss = train(big, processor, tmp_path / "big", steps=1, batch_size=4, lr=1.0, optim="sgd", data=data)
+    small_loss = train(
+        small, processor, tmp_path / "small", steps=1, batch_size=2, accumulation=2, lr=1.0, optim="sgd", data=data
+    )
+    assert small_loss == pytest.approx(big_loss, abs=1e-5)
     for (name, a), (_, b) in zip(big.named_parameters(), small.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
 

@@ -117,11 +117,15 @@ def test_stage1_distillation_with_internvl_teacher(tiny_hub_folder, processor, t
         data_collator=DistillationCollator(processor),
     )
     llm_before = {k: v.clone() for k, v in model.model.language_model.state_dict().items()}
+    embedding_before = {k: v.clone() for k, v in model.model.embedding_model.state_dict().items()}
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses[-1] < 0.5 * losses[0], losses
     for key, value in model.model.language_model.state_dict().items():
         assert torch.equal(value, llm_before[key]), key
+    for key, value in model.model.embedding_model.state_dict().items():
+        # the unused InternViT class token is the one embedding tensor without a gradient
+        assert torch.equal(value, embedding_before[key]) == key.endswith("class_embedding"), key
     batch = DistillationCollator(processor)(data)
     final = {k: v.item() for k, v in distillation_losses(model, teacher, batch).items()}
     assert set(final) == {"image", "text"}
