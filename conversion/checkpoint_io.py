@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
+import struct
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 
 class CheckpointError(ValueError):
@@ -124,6 +125,15 @@ class TensorSource:
         files = list(dict.fromkeys(self.key_to_file.values()))
         return [k for f in files for k in self.key_to_file if self.key_to_file[k] == f]
 
+    def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(key, tensor) in file order; each file's memory mapping is dropped once its last tensor is read, so a
+        conversion keeps at most one source shard's pages resident."""
+        for file in list(dict.fromkeys(self.key_to_file.values())):
+            for key in [k for k, f in self.key_to_file.items() if f == file]:
+                yield key, self.get(key)
+            self._safe_handles.pop(file, None)
+            self._bin_shards.pop(file, None)
+
     def shape(self, key: str) -> tuple[int, ...]:
         return self._shapes[key]
 
@@ -156,53 +166,86 @@ def parse_size(size: int | str) -> int:
     return int(text)
 
 
-class ShardedSafetensorsWriter:
-    """Accumulates tensors and flushes a safetensors shard whenever `max_shard_bytes` would be exceeded.
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
-    Shard names follow the transformers convention (`model-00001-of-00003.safetensors` + index); a single shard is
-    written as `model.safetensors` without an index.
+
+class StreamingSafetensorsWriter:
+    """Writes sharded safetensors one tensor at a time, straight to disk.
+
+    safetensors' `save_file` needs a whole shard in memory (5 GB per shard at full size); here the shard layout is
+    planned up front from the known (name, shape, dtype) sequence, each shard's header is written when it opens,
+    and each tensor's bytes follow as it arrives. The format is safetensors' documented one: an 8-byte
+    little-endian header length, a JSON header with data offsets (padded to 8 bytes), then the raw data.
+    Shard names follow transformers (`model-00001-of-00003.safetensors` + index); one shard is `model.safetensors`.
     """
 
-    def __init__(self, folder: Path, max_shard_bytes: int, metadata: dict[str, str] | None = None):
+    def __init__(
+        self, folder: Path, plan: list[tuple[str, tuple[int, ...], torch.dtype]], max_shard_bytes: int, metadata=None
+    ):
         self.folder = folder
-        self.max_shard_bytes = max_shard_bytes
         self.metadata = {"format": "pt", **(metadata or {})}
-        self._pending: dict[str, torch.Tensor] = {}
-        self._pending_bytes = 0
-        self._shards: list[tuple[Path, list[str]]] = []
-        self.total_bytes = 0
+        self.shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
+        shard_bytes = 0
+        for name, shape, dtype in plan:
+            if dtype not in SAFETENSORS_DTYPES:
+                raise CheckpointError(f"Cannot write {name}: unsupported dtype {dtype}")
+            size = math.prod(shape) * dtype.itemsize
+            if self.shards[-1] and shard_bytes + size > max_shard_bytes:
+                self.shards.append([])
+                shard_bytes = 0
+            self.shards[-1].append((name, tuple(shape), dtype))
+            shard_bytes += size
+        count = len(self.shards)
+        self.names = (
+            [SAFE_SINGLE] if count == 1 else [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+        )
+        self._expected = iter((shard, entry) for shard, entries in enumerate(self.shards) for entry in entries)
+        self._open_shard, self._handle = None, None
+        self.total_bytes = sum(math.prod(shape) * dtype.itemsize for _, shape, dtype in plan)
 
-    def add(self, key: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self._pending and self._pending_bytes + size > self.max_shard_bytes:
-            self._flush()
-        self._pending[key] = tensor.contiguous()
-        self._pending_bytes += size
-        self.total_bytes += size
+    def _start_shard(self, shard: int) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        header, offset = {}, 0
+        for name, shape, dtype in self.shards[shard]:
+            size = math.prod(shape) * dtype.itemsize
+            header[name] = {
+                "dtype": SAFETENSORS_DTYPES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + size],
+            }
+            offset += size
+        header["__metadata__"] = self.metadata
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        self._handle = open(self.folder / self.names[shard], "wb")  # noqa: SIM115 - closed in _start_shard/finish
+        self._handle.write(struct.pack("<Q", len(encoded)) + encoded)
+        self._open_shard = shard
 
-    def _flush(self) -> None:
-        path = self.folder / f"shard-{len(self._shards):05d}.tmp"
-        save_file(self._pending, str(path), metadata=self.metadata)
-        self._shards.append((path, list(self._pending)))
-        self._pending, self._pending_bytes = {}, 0
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        try:
+            shard, (expected, shape, dtype) = next(self._expected)
+        except StopIteration:
+            raise CheckpointError(f"Tensor {name} was not planned for this output") from None
+        if (name, tuple(tensor.shape), tensor.dtype) != (expected, shape, dtype):
+            raise CheckpointError(
+                f"Expected {expected} {list(shape)} {dtype}, got {name} {list(tensor.shape)} {tensor.dtype}"
+            )
+        if shard != self._open_shard:
+            self._start_shard(shard)
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        self._handle.write(memoryview(data.numpy()))
 
     def finish(self) -> list[Path]:
-        if self._pending or not self._shards:
-            self._flush()
-        if len(self._shards) == 1:
-            final = self.folder / SAFE_SINGLE
-            self._shards[0][0].rename(final)
-            return [final]
-        count = len(self._shards)
-        weight_map, files = {}, []
-        for number, (path, keys) in enumerate(self._shards, start=1):
-            final = self.folder / f"model-{number:05d}-of-{count:05d}.safetensors"
-            path.rename(final)
-            files.append(final)
-            weight_map.update(dict.fromkeys(keys, final.name))
-        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
-        (self.folder / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        return files
+        if next(self._expected, None) is not None:
+            raise CheckpointError("Not every planned tensor was written")
+        if self._handle is not None:
+            self._handle.close()
+        if len(self.names) > 1:
+            weight_map = {name: self.names[i] for i, entries in enumerate(self.shards) for name, _, _ in entries}
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+            (self.folder / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        return [self.folder / name for name in self.names]
 
 
 @contextlib.contextmanager

@@ -17,14 +17,14 @@ from tqdm.auto import tqdm
 from hovle.configuration_hovle import HoVLEConfig
 from hovle.conversion.checkpoint_io import (
     CheckpointError,
-    ShardedSafetensorsWriter,
+    StreamingSafetensorsWriter,
     TensorSource,
     atomic_output_folder,
     parse_size,
     resolve_folder,
 )
 from hovle.conversion.config_map import original_config_from_hovle
-from hovle.conversion.convert_hovle_to_hf import DTYPES, model_state_shapes
+from hovle.conversion.convert_hovle_to_hf import DTYPES, expected_original_shapes, model_state_shapes
 from hovle.conversion.weight_map import geometries_from_config, map_original_key, original_keys_for, ours_to_original
 
 
@@ -56,7 +56,9 @@ def export(
     geometries = geometries_from_config(config)
     keys = list(original_keys_for(config.embedding_config.num_hidden_layers, config.text_config.num_hidden_layers))
     with atomic_output_folder(Path(output), overwrite=overwrite) as scratch:
-        writer = ShardedSafetensorsWriter(scratch, parse_size(max_shard_size))
+        original_shapes = expected_original_shapes(config)
+        plan = [(key, original_shapes[key], target_dtype) for key in keys]
+        writer = StreamingSafetensorsWriter(scratch, plan, parse_size(max_shard_size))
         for key in tqdm(keys, desc="Exporting", unit="tensor", disable=not progress):
             mapping = map_original_key(key)
             tensor = ours_to_original(mapping, [tensors.get(t) for t in mapping.targets], geometries)

@@ -26,7 +26,7 @@ from hovle import configuration_hovle
 from hovle.configuration_hovle import HoVLEConfig
 from hovle.conversion.checkpoint_io import (
     CheckpointError,
-    ShardedSafetensorsWriter,
+    StreamingSafetensorsWriter,
     TensorSource,
     atomic_output_folder,
     parse_size,
@@ -180,10 +180,15 @@ def convert(
     geometries = geometries_from_config(config)
     output = Path(output)
     with atomic_output_folder(output, overwrite=overwrite) as scratch:
-        writer = ShardedSafetensorsWriter(scratch, parse_size(max_shard_size))
-        for key in tqdm(tensors.keys(), desc="Converting", unit="tensor", disable=not progress):
-            for target, tensor in original_to_ours(map_original_key(key), tensors.get(key), geometries):
-                writer.add(target, tensor.to(target_dtype))
+        ours = model_state_shapes(config)
+        plan = [(t, ours[t], target_dtype) for key in tensors.keys() for t in map_original_key(key).targets]
+        writer = StreamingSafetensorsWriter(scratch, plan, parse_size(max_shard_size))
+        for key, tensor in tqdm(
+            tensors.iter_tensors(), total=len(plan), desc="Converting", unit="tensor", disable=not progress
+        ):
+            for target, converted in original_to_ours(map_original_key(key), tensor, geometries):
+                writer.add(target, converted.to(target_dtype))
+            del tensor
         writer.finish()
         token_ids = write_processor_files(folder, scratch, config)
         save_hf_config(config, scratch, target_dtype, token_ids["im_end"] if token_ids else None)

@@ -9,58 +9,13 @@ from hovle.conversion.checkpoint_io import TensorSource
 from hovle.conversion.config_map import hovle_config_from_original
 from hovle.conversion.convert_hf_to_hovle import export
 from hovle.conversion.convert_hovle_to_hf import convert, expected_original_shapes
+from hovle.conversion.reference_configs import release_original_config
 from hovle.modeling_hovle import HoVLEForConditionalGeneration
 
 
 def read_all(folder):
     source = TensorSource(folder)
     return {key: source.get(key) for key in source.keys()}
-
-
-def full_size_original_config():
-    """The release's config.json as HOVLE.md describes it (sizes, ids, rope)."""
-    return {
-        "architectures": ["InternVLChatModel"],
-        "model_type": "internvl_chat",
-        "template": "internlm2-chat",
-        "downsample_ratio": 0.5,
-        "force_image_size": 448,
-        "embedding_config": {
-            "model_type": "holistic_embedding",
-            "num_hidden_layers": 8,
-            "hidden_size": 2048,
-            "num_attention_heads": 16,
-            "num_key_value_heads": 8,
-            "intermediate_size": 8192,
-            "image_size": 448,
-            "patch_size": 14,
-            "llm_vocab_size": 92553,
-            "llm_hidden_size": 2048,
-            "img_context_token_id": 92546,
-            "use_ls": False,
-            "use_pixel_shuffle_proj": True,
-            "pixel_shuffle_loc": "pre",
-            "downsample_ratio": 0.5,
-            "rope_theta": 10000.0,
-            "rms_norm_eps": 1e-5,
-            "max_position_embeddings": 4096,
-        },
-        "llm_config": {
-            "architectures": ["InternLM2ForCausalLM"],
-            "vocab_size": 92553,
-            "hidden_size": 2048,
-            "intermediate_size": 8192,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "num_key_value_heads": 8,
-            "max_position_embeddings": 32768,
-            "rope_theta": 1000000.0,
-            "rope_scaling": {"type": "dynamic", "factor": 2.0},
-            "rms_norm_eps": 1e-5,
-            "bias": False,
-            "tie_word_embeddings": False,
-        },
-    }
 
 
 def test_round_trip_is_bit_exact(fixture_dir, converted_fixture, tmp_path):
@@ -79,7 +34,7 @@ def test_round_trip_is_bit_exact(fixture_dir, converted_fixture, tmp_path):
 def test_full_size_key_table_on_meta_device():
     release = {k: tuple(v) for k, v in json.loads(SHAPES_JSON.read_text()).items()}
     assert len(release) == 236
-    config = hovle_config_from_original(full_size_original_config())
+    config = hovle_config_from_original(release_original_config())
     assert expected_original_shapes(config) == release  # every key maps, at full size, both directions
     with torch.device("meta"):
         model = HoVLEForConditionalGeneration(config)
