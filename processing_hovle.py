@@ -139,28 +139,6 @@ class HoVLEProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values"]
 
-    def image_tokens(self, num_tiles: int) -> str:
-        return IMAGE_START + IMAGE_CONTEXT * (self.tokens_per_tile * num_tiles) + IMAGE_END
-
-    def expand_placeholders(self, text: str, num_tiles: list[int]) -> str:
-        """Replace the `<image>` placeholders of `text`, in order, by each image's token block."""
-        found = text.count(IMAGE_PLACEHOLDER)
-        if found != len(num_tiles):
-            raise ValueError(
-                f"The text has {found} {IMAGE_PLACEHOLDER} placeholders but {len(num_tiles)} images were given"
-            )
-        tiles = iter(num_tiles)
-        return re.sub(re.escape(IMAGE_PLACEHOLDER), lambda _: self.image_tokens(next(tiles)), text)
-
-    @staticmethod
-    def add_missing_placeholders(text: str, num_images: int) -> str:
-        """The original chat() convention for a question with images but no `<image>`."""
-        if num_images == 0 or IMAGE_PLACEHOLDER in text:
-            return text
-        if num_images == 1:
-            return f"{IMAGE_PLACEHOLDER}\n{text}"
-        return "".join(f"Image-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(num_images)) + text
-
     def _images_per_text(self, images, texts: list[str]) -> list[list]:
         if images is None:
             return [[] for _ in texts]
