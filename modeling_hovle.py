@@ -266,8 +266,9 @@ class HoVLEModel(HoVLEPreTrainedModel):
 
     def _check_no_orphan_image_tokens(self, input_ids: torch.Tensor | None, past_length: int) -> None:
         # While decoding, a generated <IMG_CONTEXT> is ordinary text (as in the original); in a prompt it means the
-        # caller forgot the images.
-        if input_ids is None or past_length > 0:
+        # caller forgot the images. Skipped under torch.compile, as transformers' own VLMs skip their count checks:
+        # with a static cache `past_length` is a tensor, so the test would break the decoding graph on every step.
+        if input_ids is None or torch.compiler.is_compiling() or past_length > 0:
             return
         found = int((input_ids == self.config.image_token_id).sum())
         if found:
