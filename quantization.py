@@ -30,10 +30,13 @@ class Int8WeightOnlyLinear(nn.Module):
         if weight.device.type != "cpu":
             raise ValueError(f"int8 weight-only quantisation is a CPU path; the weight is on {weight.device}")
         rows = weight.float()
-        scale = rows.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
+        # The kernel takes the scales in the activation dtype: round them first, then quantise against the rounded
+        # values so that every weight stays within half a step of its grid.
+        scale = (rows.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0).to(weight.dtype)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_int8", torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scale", scale.to(weight.dtype))
+        quantized = torch.round(rows / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+        self.register_buffer("weight_int8", quantized)
+        self.register_buffer("scale", scale)
         self.bias = linear.bias
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import statistics
@@ -31,6 +32,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForImageTextToText, LlamaConfig, LlamaForCausalLM
 from transformers.generation import CompileConfig
 from transformers.generation.streamers import BaseStreamer
+
+from hovle.quantization import Int8WeightOnlyLinear, quantize_linear_int8
 
 
 class TokenClock(BaseStreamer):
@@ -73,6 +76,31 @@ def prompt_ids(config, tiles: int, text_tokens: int) -> torch.Tensor:
     return torch.tensor([[1, *image, config.image_end_token_id, *range(1000, 1000 + text_tokens)]])
 
 
+def replay_layers(model: torch.nn.Module, vectors: dict[int, torch.Tensor]) -> None:
+    """The int8 floor: one token through every int8 linear layer with the same kernel, nothing else."""
+    with torch.inference_mode():
+        for layer in model.modules():
+            if isinstance(layer, Int8WeightOnlyLinear):
+                layer(vectors[layer.in_features])
+
+
+def compare_greedy(reference: tuple[list[int], torch.Tensor], other: tuple[list[int], torch.Tensor]) -> dict:
+    """Greedy agreement with the reference path. Random weights give nearly flat logits (top-1/top-2 margins of a
+    few bf16 steps), so any change of kernel may flip a near-tie: where the tokens part, report the reference's
+    margin there next to the logit difference, to tell a tie from a bug."""
+    (ref_tokens, ref_logits), (tokens, logits) = reference, other
+    first = next((i for i, (a, b) in enumerate(zip(ref_tokens, tokens, strict=True)) if a != b), None)
+    upto = len(tokens) if first is None else first + 1  # identical prefixes up to here, so logits are comparable
+    top2 = ref_logits[:upto].topk(2, dim=-1).values
+    return {
+        "greedy_tokens_equal": first is None,
+        "first_different_step": first,
+        "max_abs_logit_diff_on_shared_prefix": (ref_logits[:upto] - logits[:upto]).abs().max().item(),
+        "reference_margin_at_first_difference": None if first is None else (top2[-1, 0] - top2[-1, 1]).item(),
+        "reference_logit_scale": ref_logits.abs().max().item(),
+    }
+
+
 def cpu_compile_config() -> CompileConfig:
     """transformers compiles the decoding step by itself on accelerators only; this opts the CPU in."""
     config = CompileConfig(fullgraph=False, dynamic=False)
@@ -85,6 +113,7 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="converted bf16 folder")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--skip-prefill", action="store_true")
+    parser.add_argument("--skip-int8", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -92,80 +121,6 @@ def main() -> None:
     model.eval()
     config = model.config
     results = {"threads": torch.get_num_threads(), "attn": config._attn_implementation, "torch": torch.__version__}
-
-    # -- decoding --------------------------------------------------------------------------------------------
-    ids = prompt_ids(config, 1, 30)
-    pixels = torch.randn(1, 3, 448, 448, dtype=torch.bfloat16)
-
-    matrices = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    vectors = {w.shape[1]: torch.randn(1, 1, w.shape[1], dtype=torch.bfloat16) for w in matrices}
-
-    def replay():
-        with torch.inference_mode():
-            for weight in matrices:
-                F.linear(vectors[weight.shape[1]], weight)
-
-    def stream_weights():
-        with torch.inference_mode():
-            for parameter in model.parameters():
-                parameter.sum()
-
-    def decode(**kwargs) -> tuple[list[float], list[int]]:
-        clock = TokenClock()
-        with torch.inference_mode():
-            sequences = model.generate(
-                input_ids=ids,
-                pixel_values=pixels,
-                max_new_tokens=args.new_tokens + 1,
-                min_new_tokens=args.new_tokens + 1,
-                do_sample=False,
-                pad_token_id=2,
-                streamer=clock,
-                **kwargs,
-            )
-        return clock.step_seconds(), sequences[0, ids.shape[1] :].tolist()
-
-    paths = {
-        "dynamic": {},
-        "static_compiled": {"cache_implementation": "static", "compile_config": cpu_compile_config()},
-    }
-    replay()
-    replay_times = repeated(replay, 5)
-    decoding = {}
-    reference_tokens = None
-    for name, kwargs in paths.items():
-        if "compile_config" in kwargs:
-            start = time.perf_counter()
-            decode(**kwargs)  # compiles the decoding step
-            decoding[f"{name}_warmup_generate_s"] = time.perf_counter() - start
-        steps, tokens = decode(**kwargs)
-        replay_times += repeated(replay, 5)
-        reference_tokens = reference_tokens or tokens
-        decoding[name] = {
-            "ms_per_token_median": statistics.median(steps) * 1e3,
-            "ms_per_token_mean": statistics.mean(steps) * 1e3,
-            "greedy_tokens_equal_dynamic": tokens == reference_tokens,
-        }
-        print(name, json.dumps(decoding[name]), flush=True)
-    linear_floor = statistics.median(replay_times)
-    bandwidth = best_of(stream_weights, 3)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    for name in paths:
-        per_token = decoding[name]["ms_per_token_median"] / 1e3
-        decoding[name]["ratio_to_linear_replay"] = per_token / linear_floor
-        decoding[name]["ratio_to_bandwidth_bound"] = per_token / bandwidth
-    results["decode"] = {
-        "prompt_tokens": ids.shape[1],
-        "new_tokens": args.new_tokens,
-        **decoding,
-        "linear_replay_ms_median": linear_floor * 1e3,
-        "linear_replay_ms_min": min(replay_times) * 1e3,
-        "weight_stream_ms": bandwidth * 1e3,
-        "weight_gb": weight_bytes / 1e9,
-        "linear_replay_gb_per_s": sum(w.numel() * w.element_size() for w in matrices) / linear_floor / 1e9,
-        "weight_stream_gb_per_s": weight_bytes / bandwidth / 1e9,
-    }
-    print(json.dumps(results["decode"], indent=2), flush=True)
 
     # -- prefill ---------------------------------------------------------------------------------------------
     if not args.skip_prefill:
@@ -207,6 +162,102 @@ def main() -> None:
             "ratio_to_llama": hovle_s / llama_s,
         }
         print(json.dumps(results["prefill"], indent=2), flush=True)
+        del floor  # free its 5.2 GB before decoding
+    # -- decoding --------------------------------------------------------------------------------------------
+    ids = prompt_ids(config, 1, 30)
+    pixels = torch.randn(1, 3, 448, 448, dtype=torch.bfloat16)
+
+    matrices = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    vectors = {w.shape[1]: torch.randn(1, 1, w.shape[1], dtype=torch.bfloat16) for w in matrices}
+
+    def replay():
+        with torch.inference_mode():
+            for weight in matrices:
+                F.linear(vectors[weight.shape[1]], weight)
+
+    def stream_weights():
+        with torch.inference_mode():
+            for parameter in model.parameters():
+                parameter.sum()
+
+    def decode(**kwargs) -> tuple[list[float], list[int], torch.Tensor]:
+        clock = TokenClock()
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids,
+                pixel_values=pixels,
+                max_new_tokens=args.new_tokens + 1,
+                min_new_tokens=args.new_tokens + 1,
+                do_sample=False,
+                pad_token_id=2,
+                streamer=clock,
+                output_logits=True,
+                return_dict_in_generate=True,
+                **kwargs,
+            )
+        logits = torch.cat(out.logits).float()  # (new tokens, vocab)
+        return clock.step_seconds(), out.sequences[0, ids.shape[1] :].tolist(), logits
+
+    # name -> (attention implementation, generate() arguments)
+    paths = {
+        "dynamic": ("sdpa", {}),
+        "static_compiled": ("sdpa", {"cache_implementation": "static", "compile_config": cpu_compile_config()}),
+        # Under compile, eager attention becomes a few fused kernels; the CPU flash kernel of sdpa costs ~1 ms per
+        # call at one query against a 354-slot static cache (measured), more than the fused version.
+        "static_compiled_eager_attention": (
+            "eager",
+            {"cache_implementation": "static", "compile_config": cpu_compile_config()},
+        ),
+    }
+    if not args.skip_int8:
+        paths["int8_weight_only"] = ("sdpa", {})  # last: quantises the model in place
+    bandwidth = best_of(stream_weights, 3)  # before any path (the int8 one replaces the weights)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    replay()
+    replay_times = repeated(replay, 5)
+    decoding, reference = {}, None
+    for name, (attention, kwargs) in paths.items():
+        model.set_attn_implementation(attention)
+        if name == "int8_weight_only":
+            quantize_linear_int8(model)
+            int8_replay = functools.partial(replay_layers, model, vectors)
+            int8_replay()
+            decoding["int8_linear_replay_ms_median"] = statistics.median(repeated(int8_replay, 5)) * 1e3
+        if "compile_config" in kwargs:
+            start = time.perf_counter()
+            decode(**kwargs)  # compiles the decoding step
+            decoding[f"{name}_warmup_generate_s"] = time.perf_counter() - start
+        steps, tokens, logits = decode(**kwargs)
+        if name != "int8_weight_only":
+            replay_times += repeated(replay, 5)
+        reference = reference or (tokens, logits)
+        decoding[name] = {
+            "ms_per_token_median": statistics.median(steps) * 1e3,
+            "ms_per_token_mean": statistics.mean(steps) * 1e3,
+            **compare_greedy(reference, (tokens, logits)),
+        }
+        print(name, json.dumps(decoding[name]), flush=True)
+    linear_floor = statistics.median(replay_times)
+    for name in paths:
+        per_token = decoding[name]["ms_per_token_median"] / 1e3
+        decoding[name]["ratio_to_linear_replay"] = per_token / linear_floor
+        decoding[name]["ratio_to_bandwidth_bound"] = per_token / bandwidth
+    if "int8_weight_only" in paths:
+        int8 = decoding["int8_weight_only"]
+        int8["ratio_to_int8_linear_replay"] = int8["ms_per_token_median"] / decoding["int8_linear_replay_ms_median"]
+    results["decode"] = {
+        "prompt_tokens": ids.shape[1],
+        "new_tokens": args.new_tokens,
+        **decoding,
+        "linear_replay_ms_median": linear_floor * 1e3,
+        "linear_replay_ms_min": min(replay_times) * 1e3,
+        "weight_stream_ms": bandwidth * 1e3,
+        "weight_gb": weight_bytes / 1e9,
+        "weight_stream_gb_per_s": weight_bytes / bandwidth / 1e9,
+        "linear_replay_gb_per_s": sum(w.numel() * w.element_size() for w in matrices) / linear_floor / 1e9,
+    }
+    print(json.dumps(results["decode"], indent=2), flush=True)
+
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -41,3 +41,9 @@ def test_convert_subcommand(fixture_dir, tmp_path):
     assert (out / "model.safetensors").exists() and (out / "config.json").exists()
     with pytest.raises(SystemExit):
         main(["chat", "--image", str(tmp_path / "missing.png"), "q"])
+
+
+def test_chat_int8_runs():
+    result = run_cli("chat", "--int8", "--max-new-tokens", "3", "Hello?")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip()

@@ -46,6 +46,10 @@ def chat(args: argparse.Namespace) -> int:
         processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
         model = AutoModelForImageTextToText.from_pretrained(model_path, trust_remote_code=True, dtype=dtype)
     model = model.to(args.device).eval()
+    if args.int8:
+        from hovle.quantization import quantize_linear_int8
+
+        quantize_linear_int8(model)
 
     content = [{"type": "image"} for _ in args.image] + [{"type": "text", "text": args.question}]
     messages = [{"role": "user", "content": content}]
@@ -81,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat_parser.add_argument("--max-patches", type=int, default=6, help="most tiles per image")
     chat_parser.add_argument("--device", default="cpu")
     chat_parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    chat_parser.add_argument(
+        "--int8", action="store_true", help="int8 weight-only linear layers (CPU; ~2x faster decoding, approximate)"
+    )
 
     commands.add_parser("train", help="fine-tune with the Trainer (stage 1, 2 or 3)", add_help=False)
     commands.add_parser("convert", help="original checkpoint -> transformers folder", add_help=False)

@@ -1,0 +1,62 @@
+"""Weight-only int8 (`hovle.quantization`): the kernel wiring, the quantisation error bound, the whole model."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import build_model, image_prompt
+
+from hovle.quantization import Int8WeightOnlyLinear, quantize_linear_int8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_linear_equals_dequantised_matmul(dtype, bias):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 40, bias=bias).to(dtype)
+    layer = Int8WeightOnlyLinear(linear)
+    # Round to nearest: every weight within half a step of its row's grid.
+    dequantised = layer.weight_int8.float() * layer.scale.float()[:, None]
+    step = layer.scale.float()[:, None]
+    assert ((linear.weight.float() - dequantised).abs() <= step / 2 * 1.01 + 1e-6).all()
+    assert layer.weight_int8.abs().max() == 127  # the row maximum lands on the grid's end
+    hidden = torch.randn(2, 3, 96, dtype=dtype)
+    expected = F.linear(hidden.float(), dequantised, None if linear.bias is None else linear.bias.float())
+    got = layer(hidden)
+    assert got.shape == (2, 3, 40) and got.dtype == dtype
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2 * expected.abs().max().item()
+    torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=0)
+
+
+def test_quantized_model_stays_close_and_generates():
+    model = build_model("pre", "sdpa")
+    ids = torch.tensor([image_prompt([5, 6], [1], [7, 8])])
+    torch.manual_seed(1)
+    pixels = torch.randn(1, 3, 56, 56)
+    with torch.inference_mode():
+        reference = model(input_ids=ids, pixel_values=pixels).logits
+        quantized = quantize_linear_int8(copy.deepcopy(model))
+        logits = quantized(input_ids=ids, pixel_values=pixels).logits
+        tokens = quantized.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=4, do_sample=False)
+    linears = [m for m in quantized.modules() if type(m) is torch.nn.Linear]
+    assert not linears, "every nn.Linear is replaced"
+    assert isinstance(quantized.lm_head, Int8WeightOnlyLinear)
+    # Per-row int8 keeps ~2 significant digits: the logits move by a small fraction of their spread.
+    relative = (logits - reference).abs().max() / reference.abs().max()
+    assert 0 < relative < 0.05, relative
+    assert tokens.shape == (1, ids.shape[1] + 4)
+
+
+def test_quantized_model_refuses_to_save(tmp_path):
+    model = quantize_linear_int8(build_model("pre", "sdpa"))
+    with pytest.raises(NotImplementedError, match="in-memory inference format"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_integer_model_is_refused():
+    model = torch.nn.Module()
+    model.register_parameter("w", torch.nn.Parameter(torch.zeros(2, dtype=torch.int32), requires_grad=False))
+    with pytest.raises(ValueError, match="needs a float model"):
+        quantize_linear_int8(model)
