@@ -31,6 +31,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLa
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.internvl.modeling_internvl import InternVLModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel, LlamaRotaryEmbedding
@@ -44,6 +45,38 @@ _CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaDecoderLayer.forward
 _CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 # The attribute the `post` layout keeps its embedding-stream padding mask under, on the shared cache object.
 _EMBEDDING_MASK_ATTR = "hovle_embedding_attention_mask"
+
+
+class TraceableDynamicRotaryEmbedding(LlamaRotaryEmbedding):
+    """InternLM2's dynamic NTK rope ("dynamic" in transformers) without a data-dependent branch.
+
+    transformers updates dynamic frequencies with `if max(position_ids) + 1 > cached_length:` in Python, which breaks
+    a `torch.compile` graph on every decoding step (measured: two graphs per step at full size). The frequencies are a
+    pure function of the longest position, computed here with tensors by transformers' own rope function (it clamps
+    the length up to `max_position_embeddings`, below which they equal the plain frequencies), then copied into the
+    buffer in place so its address stays fixed for CUDA graphs. Unlike transformers' cached variant, a later shorter
+    sequence gets its own frequencies back instead of those of the longest sequence seen so far.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._frequencies_for_length = ROPE_INIT_FUNCTIONS["dynamic"]
+        # Must not contain "dynamic": transformers' `dynamic_rope_update` wrapper around the inherited forward checks
+        # for that substring, and this class does the update itself.
+        self.rope_type = "ntk_in_tensors"
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
+        length = position_ids.max() + 1
+        inv_freq, _ = self._frequencies_for_length(self.config, x.device, seq_len=length)
+        self.inv_freq.copy_(inv_freq)
+        return super().forward(x, position_ids)
+
+
+def rotary_embedding(config) -> LlamaRotaryEmbedding:
+    """transformers' rotary embedding for `config`; the dynamic NTK type in its compile-friendly form."""
+    if config.rope_parameters.get("rope_type") == "dynamic":
+        return TraceableDynamicRotaryEmbedding(config)
+    return LlamaRotaryEmbedding(config)
 
 
 def positions_from_mask(
@@ -150,7 +183,7 @@ class HoVLEHolisticEmbedding(HoVLEPreTrainedModel):
         self.layers = nn.ModuleList(
             [LlamaDecoderLayer(config, layer_idx=cache_layer_offset + i) for i in range(config.num_hidden_layers)]
         )
-        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.rotary_emb = rotary_embedding(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -210,6 +243,7 @@ class HoVLEModel(HoVLEPreTrainedModel):
         # `language_model.embed_tokens` is InternLM2's own table: unused here (inputs come from the embedding
         # module) but kept, as the text teacher of training stage I.
         self.language_model = LlamaModel(config.text_config)
+        self.language_model.rotary_emb = rotary_embedding(config.text_config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:

@@ -1,13 +1,19 @@
 """Full-size conversion and loading, measured side by side with their physical floors in one run.
 
     python benchmarks/make_full_size.py /big/original          # once: 10.4 GB random checkpoint, release layout
-    python benchmarks/full_size_io.py /big/original /big/work [--json out.json]
+    python benchmarks/full_size_io.py /big/original /big/work [--llama-reference] [--json out.json]
 
 Each measured step runs in a fresh child process that reports its own wall time and peak RSS (`ru_maxrss`):
-* conversion fp32 -> bf16 (`convert_hovle_to_hf`) vs a plain read-and-write copy of the same source files;
+* conversion fp32 -> bf16 (`convert_hovle_to_hf`) vs a plain read-and-write copy of the same source files
+  (the source is read once first so both start from the same warm page cache);
 * `from_pretrained` of the converted bf16 folder vs reading the same safetensors files into tensors with
-  `safetensors` alone.
-The source is read once first so every step starts from the same (warm) page cache.
+  `safetensors` alone, both touching every weight byte once. Cold (page cache dropped before each run; needs root)
+  and warm, three alternating runs each, medians compared.
+* with `--llama-reference`: the same warm comparison for a plain transformers `LlamaForCausalLM` of the same size,
+  to separate the library's per-call costs from this model's.
+Library imports, and the table of checkpoint conversion rules that transformers builds once per process on its first
+`from_pretrained` of any model, are timed apart (`import_seconds`, `library_init_seconds`); ratios are reported
+without and with that one-off init.
 """
 
 from __future__ import annotations
@@ -64,6 +70,32 @@ assert next(model.parameters()).dtype == torch.bfloat16
 for parameter in model.parameters():  # same touch as the baseline: every weight byte read once
     parameter.sum()
 """,
+    # Reference: a plain transformers model of the same size (LlamaForCausalLM, 32 layers of the same width and
+    # vocabulary), to tell the library's own per-call costs from ours.
+    "llama_from_pretrained": """
+import torch
+from transformers import LlamaForCausalLM
+model = LlamaForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
+for parameter in model.parameters():
+    parameter.sum()
+""",
+    "make_llama": """
+import torch
+from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+hovle = AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True)
+text = hovle.text_config
+config = LlamaConfig(
+    vocab_size=text.vocab_size, hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
+    num_hidden_layers=text.num_hidden_layers + hovle.embedding_config.num_hidden_layers,
+    num_attention_heads=text.num_attention_heads, num_key_value_heads=text.num_key_value_heads,
+)
+with torch.device("meta"):
+    model = LlamaForCausalLM(config)
+model = model.to_empty(device="cpu").to(torch.bfloat16)
+for parameter in model.parameters():
+    torch.nn.init.normal_(parameter, std=0.02)
+model.save_pretrained(sys.argv[2])
+""",
 }
 
 
@@ -78,6 +110,8 @@ IMPORTS = {
         "from transformers.dynamic_module_utils import get_class_from_dynamic_module\n"
         "get_class_from_dynamic_module('modeling_hovle.HoVLEForConditionalGeneration', sys.argv[1])"
     ),
+    "llama_from_pretrained": "import torch\nfrom transformers import LlamaForCausalLM",
+    "make_llama": "import torch",
 }
 
 
@@ -85,13 +119,12 @@ IMPORTS = {
 # and its size: transformers (5.2x) builds its table of checkpoint conversion rules for every model type
 # (~0.5 s of regex compilation) on first use. Timed on its own (`library_init_seconds`); the ratios are reported
 # with and without it.
-LIBRARY_INIT = {
-    "from_pretrained": (
-        "from transformers import conversion_mapping\n"
-        "if hasattr(conversion_mapping, 'get_checkpoint_conversion_mapping'):\n"
-        "    conversion_mapping.get_checkpoint_conversion_mapping('legacy')"
-    ),
-}
+_CONVERSION_TABLE = (
+    "from transformers import conversion_mapping\n"
+    "if hasattr(conversion_mapping, 'get_checkpoint_conversion_mapping'):\n"
+    "    conversion_mapping.get_checkpoint_conversion_mapping('legacy')"
+)
+LIBRARY_INIT = {"from_pretrained": _CONVERSION_TABLE, "llama_from_pretrained": _CONVERSION_TABLE}
 
 
 def run_step(name: str, *args: str) -> dict:
@@ -139,6 +172,9 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--loading-only", action="store_true", help="reuse WORK/converted-bf16 from a previous run")
     parser.add_argument("--cold-repeats", type=int, default=3)
+    parser.add_argument(
+        "--llama-reference", action="store_true", help="also load a plain LlamaForCausalLM of the same size (warm)"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     copy_dir, converted = args.work / "copy", args.work / "converted-bf16"
@@ -177,6 +213,14 @@ def main() -> None:
     warm_reading = [run_step("safetensors_read", str(converted)) for _ in range(3)]
     warm_loading = [run_step("from_pretrained", str(converted)) for _ in range(3)]
     results["warm"] = load_summary(warm_reading, warm_loading)
+    if args.llama_reference:
+        llama = args.work / "llama-32-layers-bf16"
+        if not llama.exists():
+            run_step("make_llama", str(converted), str(llama))
+        run_step("safetensors_read", str(llama))
+        llama_reading = [run_step("safetensors_read", str(llama)) for _ in range(3)]
+        llama_loading = [run_step("llama_from_pretrained", str(llama)) for _ in range(3)]
+        results["warm_plain_llama_reference"] = load_summary(llama_reading, llama_loading)
     results["load_peak_rss_ratio_to_weights"] = max(r["peak_rss_gb"] for r in warm_loading) / (weight_bytes / 1e9)
     print(json.dumps(results, indent=2))
     if args.json:

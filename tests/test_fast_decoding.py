@@ -3,6 +3,11 @@
 import pytest
 import torch
 from conftest import build_model, image_prompt
+from transformers import LlamaConfig
+from transformers.generation import CompileConfig
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+from hovle.modeling_hovle import TraceableDynamicRotaryEmbedding
 
 STEPS = 12
 
@@ -41,3 +46,34 @@ def test_static_cache_with_post_layout_is_refused_clearly(inputs):
     model = build_model("post", "sdpa")
     with pytest.raises(NotImplementedError, match="pixel_shuffle_loc='post'"):
         greedy(model, *inputs, cache_implementation="static")
+
+
+def test_traceable_dynamic_rope_equals_transformers_dynamic_rope():
+    # InternLM2's LLM uses dynamic NTK rope (x2 beyond max positions); small max so both regimes are exercised.
+    config = LlamaConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0},
+    )
+    ours, reference = TraceableDynamicRotaryEmbedding(config), LlamaRotaryEmbedding(config)
+    x = torch.zeros(1, 1, 64)
+    # A growing sequence, as generation produces: prompt below the limit, decoding past it, a long prompt.
+    for positions in (torch.arange(10), torch.arange(10, 16), torch.tensor([16]), torch.tensor([17]), torch.arange(40)):
+        got, expected = ours(x, positions[None]), reference(x, positions[None])
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert not torch.equal(ours.inv_freq, ours.original_inv_freq), "40 positions > 16 must rescale the frequencies"
+
+
+def test_compiled_decoding_is_one_graph_with_dynamic_rope(inputs):
+    """The release's LLM uses dynamic rope; its decoding step must still compile to one graph (fullgraph)."""
+    model = build_model("pre", "sdpa")
+    text = model.config.text_config
+    text.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}
+    text.max_position_embeddings = 24  # the prompt (15) + 12 new tokens cross it: the rescaling is exercised
+    model.model.language_model.rotary_emb = TraceableDynamicRotaryEmbedding(text)
+    dynamic = greedy(model, *inputs)
+    compile_config = CompileConfig(fullgraph=True, dynamic=False)
+    compile_config._compile_all_devices = True  # transformers compiles decoding by itself on accelerators only
+    compiled = greedy(model, *inputs, cache_implementation="static", compile_config=compile_config)
+    assert torch.equal(compiled, dynamic)
