@@ -58,18 +58,14 @@ class TraceableDynamicRotaryEmbedding(LlamaRotaryEmbedding):
     sequence gets its own frequencies back instead of those of the longest sequence seen so far.
     """
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._frequencies_for_length = ROPE_INIT_FUNCTIONS["dynamic"]
-        # Must not contain "dynamic": transformers' `dynamic_rope_update` wrapper around the inherited forward checks
-        # for that substring, and this class does the update itself.
-        self.rope_type = "ntk_in_tensors"
+    # The inherited forward minus transformers' `dynamic_rope_update` wrapper (and, on 5.17, `no_grad`: the
+    # frequencies are a buffer either way), since this class does the update itself.
+    _rope_forward = staticmethod(inspect.unwrap(LlamaRotaryEmbedding.forward))
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
-        length = position_ids.max() + 1
-        inv_freq, _ = self._frequencies_for_length(self.config, x.device, seq_len=length)
+        inv_freq, _ = ROPE_INIT_FUNCTIONS["dynamic"](self.config, x.device, seq_len=position_ids.max() + 1)
         self.inv_freq.copy_(inv_freq)
-        return super().forward(x, position_ids)
+        return self._rope_forward(self, x, position_ids)
 
 
 def rotary_embedding(config) -> LlamaRotaryEmbedding:

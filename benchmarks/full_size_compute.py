@@ -7,7 +7,11 @@
   consecutive tokens (the prefill is excluded by construction). Paths:
   - `dynamic`: the default (`DynamicCache`, eager PyTorch);
   - `static_compiled`: `cache_implementation="static"` + `torch.compile` of the decoding step through
-    transformers' `CompileConfig` (one warm-up `generate()` compiles; the timed one reuses the graph).
+    transformers' `CompileConfig` (one warm-up `generate()` compiles; the timed one reuses the graph);
+  - `static_compiled_eager_attention`: the same with `attn_implementation="eager"`, whose attention the compiler
+    fuses (cheaper at one query than the CPU flash kernel behind sdpa);
+  - `int8_weight_only`: `hovle.quantization.quantize_linear_int8` (approximate: its logit difference to the bf16
+    path is reported, and its own floor is the same replay through the int8 kernel).
   Each is compared with
   - the matrix-vector floor: one token through every weight matrix of the model with `F.linear` (same dtype,
     same kernels), timed repeatedly between the decoding runs (median), and

@@ -7,7 +7,7 @@ from transformers import LlamaConfig
 from transformers.generation import CompileConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from hovle.modeling_hovle import TraceableDynamicRotaryEmbedding
+from hovle.modeling_hovle import HoVLEForConditionalGeneration, TraceableDynamicRotaryEmbedding
 
 STEPS = 12
 
@@ -65,13 +65,17 @@ def test_traceable_dynamic_rope_equals_transformers_dynamic_rope():
     assert not torch.equal(ours.inv_freq, ours.original_inv_freq), "40 positions > 16 must rescale the frequencies"
 
 
-def test_compiled_decoding_is_one_graph_with_dynamic_rope(inputs):
-    """The release's LLM uses dynamic rope; its decoding step must still compile to one graph (fullgraph)."""
-    model = build_model("pre", "sdpa")
-    text = model.config.text_config
-    text.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}
-    text.max_position_embeddings = 24  # the prompt (15) + 12 new tokens cross it: the rescaling is exercised
-    model.model.language_model.rotary_emb = TraceableDynamicRotaryEmbedding(text)
+def test_compiled_decoding_is_one_graph_with_dynamic_rope(inputs, tmp_path):
+    """The release's LLM uses dynamic rope; its decoding step must still compile to one graph (fullgraph), after a
+    save / from_pretrained round trip (which re-initialises the rope buffers by rope type)."""
+    trained = build_model("pre", "sdpa")
+    config = trained.config
+    config.text_config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}
+    config.text_config.max_position_embeddings = 24  # prompt (15) + 12 new tokens cross it: rescaling exercised
+    HoVLEForConditionalGeneration(config).save_pretrained(tmp_path)  # config and layout of the dynamic-rope model
+    model = HoVLEForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    model.load_state_dict(trained.state_dict())  # the informative weights of build_model
+    assert isinstance(model.model.language_model.rotary_emb, TraceableDynamicRotaryEmbedding)
     dynamic = greedy(model, *inputs)
     compile_config = CompileConfig(fullgraph=True, dynamic=False)
     compile_config._compile_all_devices = True  # transformers compiles decoding by itself on accelerators only
