@@ -29,22 +29,30 @@ def test_int8_linear_equals_dequantised_matmul(dtype, bias):
     torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=0)
 
 
-def test_quantized_model_stays_close_and_generates():
+def test_quantized_model_equals_its_dequantised_float_twin_and_generates():
     model = build_model("pre", "sdpa")
     ids = torch.tensor([image_prompt([5, 6], [1], [7, 8])])
     torch.manual_seed(1)
     pixels = torch.randn(1, 3, 56, 56)
+    quantized = quantize_linear_int8(copy.deepcopy(model))
+    assert not [m for m in quantized.modules() if type(m) is torch.nn.Linear], "every nn.Linear is replaced"
+    assert isinstance(quantized.lm_head, Int8WeightOnlyLinear)
+    # Independent reference: the float model whose weights are set to the dequantised int8 grid, run by nn.Linear.
+    twin = copy.deepcopy(model)
+    layers = dict(quantized.named_modules())
+    with torch.no_grad():
+        for name, linear in twin.named_modules():
+            if type(linear) is torch.nn.Linear:
+                layer = layers[name]
+                linear.weight.copy_(layer.weight_int8.float() * layer.scale.float()[:, None])
     with torch.inference_mode():
         reference = model(input_ids=ids, pixel_values=pixels).logits
-        quantized = quantize_linear_int8(copy.deepcopy(model))
+        expected = twin(input_ids=ids, pixel_values=pixels).logits
         logits = quantized(input_ids=ids, pixel_values=pixels).logits
         tokens = quantized.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=4, do_sample=False)
-    linears = [m for m in quantized.modules() if type(m) is torch.nn.Linear]
-    assert not linears, "every nn.Linear is replaced"
-    assert isinstance(quantized.lm_head, Int8WeightOnlyLinear)
-    # Per-row int8 keeps ~2 significant digits: the logits move by a small fraction of their spread.
-    relative = (logits - reference).abs().max() / reference.abs().max()
-    assert 0 < relative < 0.05, relative
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    # Approximate by construction: the int8 grid moves the logits (this tiny model's large random weights amplify it).
+    assert (logits - reference).abs().max() > 0
     assert tokens.shape == (1, ids.shape[1] + 4)
 
 
