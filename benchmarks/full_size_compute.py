@@ -6,6 +6,7 @@
   runs one `generate()`; a streamer stamps every new token, so the per-token time is the median gap between
   consecutive tokens (the prefill is excluded by construction). Paths:
   - `dynamic`: the default (`DynamicCache`, eager PyTorch);
+  - `dynamic_float32_kv`: the same with `attn_implementation="sdpa_float32_kv"` (float32 cache and attention);
   - `static_compiled`: `cache_implementation="static"` + `torch.compile` of the decoding step through
     transformers' `CompileConfig` (one warm-up `generate()` compiles; the timed one reuses the graph);
   - `static_compiled_eager_attention`: the same with `attn_implementation="eager"`, whose attention the compiler
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--skip-prefill", action="store_true")
     parser.add_argument("--skip-int8", action="store_true")
+    parser.add_argument("--paths", help="comma-separated subset of the decoding paths (the first is the reference)")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -205,6 +207,8 @@ def main() -> None:
     # name -> (attention implementation, generate() arguments)
     paths = {
         "dynamic": ("sdpa", {}),
+        # Same cache type, keys/values kept in float32 (`sdpa_float32_kv`): bf16 attention is slow without native bf16.
+        "dynamic_float32_kv": ("sdpa_float32_kv", {}),
         "static_compiled": ("sdpa", {"cache_implementation": "static", "compile_config": cpu_compile_config()}),
         # Under compile, eager attention becomes a few fused kernels; the CPU flash kernel of sdpa costs ~1 ms per
         # call at one query against a 354-slot static cache (measured), more than the fused version.
@@ -215,6 +219,8 @@ def main() -> None:
     }
     if not args.skip_int8:
         paths["int8_weight_only"] = ("sdpa", {})  # last: quantises the model in place
+    if args.paths:
+        paths = {name: paths[name] for name in args.paths.split(",")}
     bandwidth = best_of(stream_weights, 3)  # before any path (the int8 one replaces the weights)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     replay()

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import build_model, image_prompt
+from conftest import build_model, image_prompt, output_cache
 from transformers import LlamaConfig
 from transformers.generation import CompileConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
@@ -81,3 +81,25 @@ def test_compiled_decoding_is_one_graph_with_dynamic_rope(inputs, tmp_path):
     compile_config._compile_all_devices = True  # transformers compiles decoding by itself on accelerators only
     compiled = greedy(model, *inputs, cache_implementation="static", compile_config=compile_config)
     assert torch.equal(compiled, dynamic)
+
+
+def test_float32_kv_attention(inputs):
+    """`sdpa_float32_kv`: a float32 cache under bf16 weights; same as sdpa in float32, close to it in bf16."""
+    ids, pixels = inputs
+    reference = build_model("pre", "sdpa")
+    float32_kv = build_model("pre", "sdpa_float32_kv")
+    # Float32 model: the same kernels as plain sdpa, so the same greedy tokens and logits.
+    torch.testing.assert_close(
+        float32_kv(input_ids=ids, pixel_values=pixels).logits, reference(input_ids=ids, pixel_values=pixels).logits
+    )
+    assert torch.equal(greedy(float32_kv, ids, pixels), greedy(reference, ids, pixels))
+    # bf16 weights: the cache holds float32, outputs stay bf16, and decoding follows the float32 model.
+    float32_kv.to(torch.bfloat16)
+    with torch.inference_mode():
+        out = float32_kv(input_ids=ids, pixel_values=pixels.to(torch.bfloat16), use_cache=True)
+    cache = output_cache(out)
+    assert {layer.keys.dtype for layer in cache.layers} == {torch.float32}
+    config = float32_kv.config
+    assert len(cache.layers) == config.text_config.num_hidden_layers + config.embedding_config.num_hidden_layers
+    assert out.logits.dtype == torch.bfloat16
+    assert torch.equal(greedy(float32_kv, ids, pixels.to(torch.bfloat16)), greedy(reference, ids, pixels))
