@@ -50,6 +50,7 @@ def chat(args: argparse.Namespace) -> int:
         from hovle.quantization import quantize_linear_int8
 
         quantize_linear_int8(model)
+        model.set_attn_implementation("sdpa_float32_kv")  # float32 cache and attention: faster on CPUs without bf16
 
     content = [{"type": "image"} for _ in args.image] + [{"type": "text", "text": args.question}]
     messages = [{"role": "user", "content": content}]
@@ -86,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat_parser.add_argument("--device", default="cpu")
     chat_parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     chat_parser.add_argument(
-        "--int8", action="store_true", help="int8 weight-only linear layers (CPU; ~2x faster decoding, approximate)"
+        "--int8",
+        action="store_true",
+        help="int8 weight-only linear layers + float32 attention cache (CPU; ~1.7x faster decoding, approximate)",
     )
 
     commands.add_parser("train", help="fine-tune with the Trainer (stage 1, 2 or 3)", add_help=False)
