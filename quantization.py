@@ -69,7 +69,6 @@ def quantize_linear_int8(model: nn.Module) -> nn.Module:
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, Int8WeightOnlyLinear(linear))
-    # The LM head may share its weight with a token table: the table keeps the original tensor either way.
     if hasattr(model, "save_pretrained"):
         model.save_pretrained = _refuse_to_save
     return model

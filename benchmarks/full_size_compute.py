@@ -58,22 +58,18 @@ class TokenClock(BaseStreamer):
         return [later - earlier for earlier, later in itertools.pairwise(self.stamps[1:])]
 
 
-def best_of(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def repeated(function, repeats: int) -> list[float]:
+    """Wall time of each of `repeats` calls."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
     return times
+
+
+def best_of(function, repeats: int) -> float:
+    return min(repeated(function, repeats))
 
 
 def prompt_ids(config, tiles: int, text_tokens: int) -> torch.Tensor:

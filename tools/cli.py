@@ -47,10 +47,11 @@ def chat(args: argparse.Namespace) -> int:
         model = AutoModelForImageTextToText.from_pretrained(model_path, trust_remote_code=True, dtype=dtype)
     model = model.to(args.device).eval()
     if args.int8:
+        from hovle.modeling_hovle import FLOAT32_KV_ATTENTION
         from hovle.quantization import quantize_linear_int8
 
         quantize_linear_int8(model)
-        model.set_attn_implementation("sdpa_float32_kv")  # float32 cache and attention: faster on CPUs without bf16
+        model.set_attn_implementation(FLOAT32_KV_ATTENTION)  # float32 cache and attention: faster without bf16
 
     content = [{"type": "image"} for _ in args.image] + [{"type": "text", "text": args.question}]
     messages = [{"role": "user", "content": content}]
