@@ -3,6 +3,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -13,7 +14,22 @@ from hovle.conversion.convert_hovle_to_hf import convert
 from hovle.conversion.tiny_checkpoint import TINY_IMAGE_TOKEN, tiny_config
 from hovle.modeling_hovle import HoVLEForConditionalGeneration
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "original_tiny"
+
+def find_shared_dir() -> Path:
+    """The project's read-only `shared/` folder: `$HOVLE_SHARED_DIR`, else `../shared` beside this checkout, else
+    beside the checkout it was cloned from (a local `git clone . /tmp/x`, as CI does, lands far from `shared/`)."""
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [Path(os.environ["HOVLE_SHARED_DIR"])] if os.environ.get("HOVLE_SHARED_DIR") else []
+    candidates.append(repo.parent / "shared")
+    origin = subprocess.run(
+        ["git", "-C", str(repo), "remote", "get-url", "origin"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / "shared")
+    return next((folder for folder in candidates if folder.is_dir()), candidates[0])
+
+
+FIXTURE = find_shared_dir() / "fixtures" / "original_tiny"
 SHAPES_JSON = FIXTURE.parents[1] / "reference" / "original_checkpoint_shapes.json"
 IMG_START, IMG_END = TINY_IMAGE_TOKEN - 2, TINY_IMAGE_TOKEN - 1
 
