@@ -62,6 +62,18 @@ class Float32DynamicLayer(DynamicLayer):
         return super().update(key_states.float(), value_states.float(), *args, **kwargs)
 
 
+class Float32StaticLayer(StaticLayer):
+    """A static (compile-friendly) cache layer that keeps keys and values in float32; it allocates on first update,
+    so the float32 states it receives set its dtype."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return super().update(key_states.float(), value_states.float(), *args, **kwargs)
+
+
+# Each stock layer type and its float32 twin, for `sdpa_float32_kv`.
+_FLOAT32_LAYER_TYPES = {DynamicLayer: Float32DynamicLayer, StaticLayer: Float32StaticLayer}
+
+
 def float32_kv_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     """transformers' sdpa attention; over a float32 cache the query joins float32 and the output returns to bf16."""
     if key.dtype == query.dtype:
@@ -299,8 +311,8 @@ class HoVLEModel(HoVLEPreTrainedModel):
         template = cache.layers[0]
         if type(template) in (DynamicLayer, Float32DynamicLayer):
             extra = [type(template)() for _ in range(total - len(cache.layers))]
-        elif type(template) is StaticLayer and self.config.embedding_config.pixel_shuffle_loc == "pre":
-            extra = [StaticLayer(max_cache_len=template.max_cache_len) for _ in range(total - len(cache.layers))]
+        elif type(template) in (StaticLayer, Float32StaticLayer) and self.config.embedding_config.pixel_shuffle_loc == "pre":
+            extra = [type(template)(max_cache_len=template.max_cache_len) for _ in range(total - len(cache.layers))]
         else:
             raise NotImplementedError(
                 f"A {type(cache).__name__} with {type(template).__name__} layers is not supported for "
@@ -311,11 +323,18 @@ class HoVLEModel(HoVLEPreTrainedModel):
 
     @staticmethod
     def _use_float32_layers(cache: Cache) -> None:
-        """Swap a fresh dynamic cache's layers for float32 ones (`sdpa_float32_kv`); other caches stay as they are."""
-        if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:
-            cache.layer_class_to_replicate = Float32DynamicLayer
+        """Swap a fresh cache's dynamic or static layers for their float32 twins (`sdpa_float32_kv`); layers already
+        holding states, and other layer types (sliding, quantized, offloaded), stay as they are."""
+        float32_class = _FLOAT32_LAYER_TYPES.get(getattr(cache, "layer_class_to_replicate", None))
+        if float32_class is not None:
+            cache.layer_class_to_replicate = float32_class
         for index, layer in enumerate(cache.layers):
-            if type(layer) is DynamicLayer and not layer.is_initialized:
+            float32_class = _FLOAT32_LAYER_TYPES.get(type(layer))
+            if float32_class is None or layer.is_initialized:
+                continue
+            if float32_class is Float32StaticLayer:
+                cache.layers[index] = Float32StaticLayer(max_cache_len=layer.max_cache_len)
+            else:
                 cache.layers[index] = Float32DynamicLayer()
 
     # -- image placement ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
   - `dynamic_float32_kv`: the same with `attn_implementation="sdpa_float32_kv"` (float32 cache and attention);
   - `static_compiled`: `cache_implementation="static"` + `torch.compile` of the decoding step through
     transformers' `CompileConfig` (one warm-up `generate()` compiles; the timed one reuses the graph);
+  - `static_compiled_float32_kv`: the same over a float32 static cache (`sdpa_float32_kv`);
   - `static_compiled_eager_attention`: the same with `attn_implementation="eager"`, whose attention the compiler
     fuses (cheaper at one query than the CPU flash kernel behind sdpa);
   - `int8_weight_only_float32_kv`: `hovle.quantization.quantize_linear_int8` with `sdpa_float32_kv` (approximate:
@@ -206,6 +207,11 @@ def main() -> None:
         # Same cache type, keys/values kept in float32 (`sdpa_float32_kv`): bf16 attention is slow without native bf16.
         "dynamic_float32_kv": ("sdpa_float32_kv", {}),
         "static_compiled": ("sdpa", {"cache_implementation": "static", "compile_config": cpu_compile_config()}),
+        # Both: a compiled step over a float32 static cache.
+        "static_compiled_float32_kv": (
+            "sdpa_float32_kv",
+            {"cache_implementation": "static", "compile_config": cpu_compile_config()},
+        ),
         # Under compile, eager attention becomes a few fused kernels; the CPU flash kernel of sdpa costs ~1 ms per
         # call at one query against a 354-slot static cache (measured), more than the fused version.
         "static_compiled_eager_attention": (

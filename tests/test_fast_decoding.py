@@ -103,3 +103,27 @@ def test_float32_kv_attention(inputs):
     assert len(cache.layers) == config.text_config.num_hidden_layers + config.embedding_config.num_hidden_layers
     assert out.logits.dtype == torch.bfloat16
     assert torch.equal(greedy(float32_kv, ids, pixels.to(torch.bfloat16)), greedy(reference, ids, pixels))
+
+
+def test_float32_kv_attention_with_compiled_static_cache(inputs):
+    """`sdpa_float32_kv` also keeps a static cache in float32, and its compiled decoding follows the dynamic path."""
+    ids, pixels = inputs
+    model = build_model("pre", "sdpa_float32_kv").to(torch.bfloat16)
+    pixels = pixels.to(torch.bfloat16)
+    dynamic = greedy(model, ids, pixels)
+    compile_config = CompileConfig(fullgraph=True, dynamic=False)
+    compile_config._compile_all_devices = True
+    out = greedy(
+        model,
+        ids,
+        pixels,
+        cache_implementation="static",
+        compile_config=compile_config,
+        return_dict_in_generate=True,
+    )
+    cache = output_cache(out)
+    config = model.config
+    assert len(cache.layers) == config.text_config.num_hidden_layers + config.embedding_config.num_hidden_layers
+    assert {type(layer).__name__ for layer in cache.layers} == {"Float32StaticLayer"}
+    assert {layer.keys.dtype for layer in cache.layers} == {torch.float32}
+    assert torch.equal(out.sequences, dynamic)
