@@ -311,7 +311,10 @@ class HoVLEModel(HoVLEPreTrainedModel):
         template = cache.layers[0]
         if type(template) in (DynamicLayer, Float32DynamicLayer):
             extra = [type(template)() for _ in range(total - len(cache.layers))]
-        elif type(template) in (StaticLayer, Float32StaticLayer) and self.config.embedding_config.pixel_shuffle_loc == "pre":
+        elif (
+            type(template) in (StaticLayer, Float32StaticLayer)
+            and self.config.embedding_config.pixel_shuffle_loc == "pre"
+        ):
             extra = [type(template)(max_cache_len=template.max_cache_len) for _ in range(total - len(cache.layers))]
         else:
             raise NotImplementedError(
