@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForImageTextToText, LlamaConfig, LlamaForCausalLM
-from transformers.generation import CompileConfig
 from transformers.generation.streamers import BaseStreamer
 
+from hovle.decoding import compiled_decoding_config
 from hovle.quantization import Int8WeightOnlyLinear, quantize_linear_int8
 
 
@@ -101,13 +101,6 @@ def compare_greedy(reference: tuple[list[int], torch.Tensor], other: tuple[list[
         "reference_margin_at_first_difference": None if first is None else (top2[-1, 0] - top2[-1, 1]).item(),
         "reference_logit_scale": ref_logits.abs().max().item(),
     }
-
-
-def cpu_compile_config() -> CompileConfig:
-    """transformers compiles the decoding step by itself on accelerators only; this opts the CPU in."""
-    config = CompileConfig(fullgraph=False, dynamic=False)
-    config._compile_all_devices = True
-    return config
 
 
 def main() -> None:
@@ -206,17 +199,17 @@ def main() -> None:
         "dynamic": ("sdpa", {}),
         # Same cache type, keys/values kept in float32 (`sdpa_float32_kv`): bf16 attention is slow without native bf16.
         "dynamic_float32_kv": ("sdpa_float32_kv", {}),
-        "static_compiled": ("sdpa", {"cache_implementation": "static", "compile_config": cpu_compile_config()}),
+        "static_compiled": ("sdpa", {"cache_implementation": "static", "compile_config": compiled_decoding_config()}),
         # Both: a compiled step over a float32 static cache.
         "static_compiled_float32_kv": (
             "sdpa_float32_kv",
-            {"cache_implementation": "static", "compile_config": cpu_compile_config()},
+            {"cache_implementation": "static", "compile_config": compiled_decoding_config()},
         ),
         # Under compile, eager attention becomes a few fused kernels; the CPU flash kernel of sdpa costs ~1 ms per
         # call at one query against a 354-slot static cache (measured), more than the fused version.
         "static_compiled_eager_attention": (
             "eager",
-            {"cache_implementation": "static", "compile_config": cpu_compile_config()},
+            {"cache_implementation": "static", "compile_config": compiled_decoding_config()},
         ),
     }
     if not args.skip_int8:

@@ -8,7 +8,7 @@ Each measured step runs in a fresh child process that reports its own wall time 
   (the source is read once first so both start from the same warm page cache);
 * `from_pretrained` of the converted bf16 folder vs reading the same safetensors files into tensors with
   `safetensors` alone, both touching every weight byte once. Cold (page cache dropped before each run; needs root)
-  and warm, three alternating runs each, medians compared.
+  and warm (alternating, 3 cold and 7 warm runs each by default), medians compared.
 * with `--llama-reference`: the same warm comparison for a plain transformers `LlamaForCausalLM` of the same size,
   to separate the library's per-call costs from this model's.
 Library imports, and the table of checkpoint conversion rules that transformers builds once per process on its first
@@ -161,6 +161,16 @@ def load_summary(reading: list[dict], loading: list[dict]) -> dict:
     }
 
 
+def alternate(folder: Path, loading_step: str, repeats: int) -> tuple[list[dict], list[dict]]:
+    """Warm runs of the safetensors read and of `loading_step`, alternating, after one read to fill the page cache."""
+    run_step("safetensors_read", str(folder))
+    reading, loading = [], []
+    for _ in range(repeats):
+        reading.append(run_step("safetensors_read", str(folder)))
+        loading.append(run_step(loading_step, str(folder)))
+    return reading, loading
+
+
 def folder_bytes(folder: Path, pattern: str = "*.safetensors") -> int:
     return sum(f.stat().st_size for f in folder.glob(pattern))
 
@@ -172,6 +182,7 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--loading-only", action="store_true", help="reuse WORK/converted-bf16 from a previous run")
     parser.add_argument("--cold-repeats", type=int, default=3)
+    parser.add_argument("--warm-repeats", type=int, default=7)
     parser.add_argument(
         "--llama-reference", action="store_true", help="also load a plain LlamaForCausalLM of the same size (warm)"
     )
@@ -208,19 +219,17 @@ def main() -> None:
             drop_page_cache()
             cold_loading.append(run_step("from_pretrained", str(converted)))
         results["cold"] = load_summary(cold_reading, cold_loading)
-    # Warm: files already in the page cache; fixed per-call overheads dominate.
-    run_step("safetensors_read", str(converted))
-    warm_reading = [run_step("safetensors_read", str(converted)) for _ in range(3)]
-    warm_loading = [run_step("from_pretrained", str(converted)) for _ in range(3)]
+    # Warm: files already in the page cache; fixed per-call overheads dominate a read of a few tenths of a second,
+    # which varies by +-50 % from process to process here: the two sides alternate, more often than cold.
+    warm_reading, warm_loading = alternate(converted, "from_pretrained", args.warm_repeats)
     results["warm"] = load_summary(warm_reading, warm_loading)
     if args.llama_reference:
         llama = args.work / "llama-32-layers-bf16"
         if not llama.exists():
             run_step("make_llama", str(converted), str(llama))
-        run_step("safetensors_read", str(llama))
-        llama_reading = [run_step("safetensors_read", str(llama)) for _ in range(3)]
-        llama_loading = [run_step("llama_from_pretrained", str(llama)) for _ in range(3)]
-        results["warm_plain_llama_reference"] = load_summary(llama_reading, llama_loading)
+        results["warm_plain_llama_reference"] = load_summary(
+            *alternate(llama, "llama_from_pretrained", args.warm_repeats)
+        )
     results["load_peak_rss_ratio_to_weights"] = max(r["peak_rss_gb"] for r in warm_loading) / (weight_bytes / 1e9)
     print(json.dumps(results, indent=2))
     if args.json:

@@ -47,3 +47,9 @@ def test_chat_int8_runs():
     result = run_cli("chat", "--int8", "--max-new-tokens", "3", "Hello?")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip()
+
+
+def test_chat_bf16_compiled_decoding_runs():
+    result = run_cli("chat", "--dtype", "bfloat16", "--compile", "--max-new-tokens", "3", "Hello?")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip()

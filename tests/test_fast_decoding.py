@@ -4,10 +4,15 @@ import pytest
 import torch
 from conftest import build_model, image_prompt, output_cache
 from transformers import LlamaConfig
-from transformers.generation import CompileConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from hovle.modeling_hovle import HoVLEForConditionalGeneration, TraceableDynamicRotaryEmbedding
+from hovle.decoding import compiled_decoding_config, fast_cpu_decoding
+from hovle.modeling_hovle import (
+    FLOAT32_KV_ATTENTION,
+    Float32StaticLayer,
+    HoVLEForConditionalGeneration,
+    TraceableDynamicRotaryEmbedding,
+)
 
 STEPS = 12
 
@@ -77,8 +82,7 @@ def test_compiled_decoding_is_one_graph_with_dynamic_rope(inputs, tmp_path):
     model.load_state_dict(trained.state_dict())  # the informative weights of build_model
     assert isinstance(model.model.language_model.rotary_emb, TraceableDynamicRotaryEmbedding)
     dynamic = greedy(model, *inputs)
-    compile_config = CompileConfig(fullgraph=True, dynamic=False)
-    compile_config._compile_all_devices = True  # transformers compiles decoding by itself on accelerators only
+    compile_config = compiled_decoding_config(fullgraph=True)
     compiled = greedy(model, *inputs, cache_implementation="static", compile_config=compile_config)
     assert torch.equal(compiled, dynamic)
 
@@ -105,25 +109,19 @@ def test_float32_kv_attention(inputs):
     assert torch.equal(greedy(float32_kv, ids, pixels.to(torch.bfloat16)), greedy(reference, ids, pixels))
 
 
-def test_float32_kv_attention_with_compiled_static_cache(inputs):
-    """`sdpa_float32_kv` also keeps a static cache in float32, and its compiled decoding follows the dynamic path."""
+def test_fast_cpu_decoding_compiles_over_a_float32_static_cache(inputs):
+    """`fast_cpu_decoding(compile=True)`: a float32 static cache (`sdpa_float32_kv` under bf16 weights) and a compiled
+    decoding step, following the eager dynamic-cache path of the same attention."""
     ids, pixels = inputs
-    model = build_model("pre", "sdpa_float32_kv").to(torch.bfloat16)
+    model = build_model("pre", "sdpa").to(torch.bfloat16)
     pixels = pixels.to(torch.bfloat16)
+    kwargs = fast_cpu_decoding(model, compile=True)
+    assert model.config.text_config._attn_implementation == FLOAT32_KV_ATTENTION
     dynamic = greedy(model, ids, pixels)
-    compile_config = CompileConfig(fullgraph=True, dynamic=False)
-    compile_config._compile_all_devices = True
-    out = greedy(
-        model,
-        ids,
-        pixels,
-        cache_implementation="static",
-        compile_config=compile_config,
-        return_dict_in_generate=True,
-    )
+    out = greedy(model, ids, pixels, return_dict_in_generate=True, **kwargs)
     cache = output_cache(out)
     config = model.config
     assert len(cache.layers) == config.text_config.num_hidden_layers + config.embedding_config.num_hidden_layers
-    assert {type(layer).__name__ for layer in cache.layers} == {"Float32StaticLayer"}
+    assert {type(layer) for layer in cache.layers} == {Float32StaticLayer}
     assert {layer.keys.dtype for layer in cache.layers} == {torch.float32}
     assert torch.equal(out.sequences, dynamic)
