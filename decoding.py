@@ -35,6 +35,11 @@ def fast_cpu_decoding(model: PreTrainedModel, compile: bool = False) -> dict[str
     * `compile=True`: a static cache and a compiled decoding step (one graph per step). The first `generate()`
       compiles, ~1.5 min at full size on 2 cores: worth it for long or repeated generations.
     """
+    if model.device.type != "cpu":
+        raise ValueError(
+            f"fast_cpu_decoding is for models on the CPU; this one is on {model.device}. On accelerators the default "
+            "attention (or flash_attention_2) with cache_implementation='static' is the fast path."
+        )
     if model.dtype in (torch.bfloat16, torch.float16):
         model.set_attn_implementation(FLOAT32_KV_ATTENTION)
     if not compile:

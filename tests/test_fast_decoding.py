@@ -125,3 +125,10 @@ def test_fast_cpu_decoding_compiles_over_a_float32_static_cache(inputs):
     assert {type(layer) for layer in cache.layers} == {Float32StaticLayer}
     assert {layer.keys.dtype for layer in cache.layers} == {torch.float32}
     assert torch.equal(out.sequences, dynamic)
+
+
+def test_fast_cpu_decoding_refuses_accelerator_models():
+    model = build_model("pre", "sdpa").to("meta")  # any non-CPU device: no accelerator is needed to check the guard
+    with pytest.raises(ValueError, match="on the CPU; this one is on meta"):
+        fast_cpu_decoding(model)
+    assert model.config.text_config._attn_implementation == "sdpa"
