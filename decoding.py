@@ -31,14 +31,14 @@ def fast_cpu_decoding(model: PreTrainedModel, compile: bool = False) -> dict[str
     """Switch `model` to the fastest exact decoding measured on the CPU and return the `generate()` arguments for it.
 
     * bf16/fp16 weights: keys, values and attention in float32 (`sdpa_float32_kv`). Without native bf16, one-query
-      attention over a bf16 cache costs about 5x the float32 call; float32 is also the more accurate of the two.
+      attention over a bf16 cache costs about 6x the float32 call; float32 is also the more accurate of the two.
     * `compile=True`: a static cache and a compiled decoding step (one graph per step). The first `generate()`
       compiles, ~1.5 min at full size on 2 cores: worth it for long or repeated generations.
     """
     if model.device.type != "cpu":
         raise ValueError(
-            f"fast_cpu_decoding is for models on the CPU; this one is on {model.device}. On accelerators the default "
-            "attention (or flash_attention_2) with cache_implementation='static' is the fast path."
+            f"fast_cpu_decoding is for models on the CPU; this one is on {model.device}. Its float32 cache answers a "
+            "CPU without native bf16; on accelerators keep the model's own attention (sdpa or flash_attention_2)."
         )
     if model.dtype in (torch.bfloat16, torch.float16):
         model.set_attn_implementation(FLOAT32_KV_ATTENTION)

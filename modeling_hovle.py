@@ -49,9 +49,9 @@ _EMBEDDING_MASK_ATTR = "hovle_embedding_attention_mask"
 
 
 # -- attention over a float32 cache, for CPUs without native bf16 ---------------------------------------------------
-# On such CPUs (AVX2), bf16 `scaled_dot_product_attention` at one query costs ~0.9-1.1 ms per layer against 300 cached
-# positions; the same call over float32 keys/values ~0.16-0.23 ms (measured here; casting the cache every step is no
-# cheaper). Opt in with `attn_implementation="sdpa_float32_kv"`: the cache stores float32, the weights stay bf16.
+# On such CPUs (AVX2), bf16 `scaled_dot_product_attention` at one query costs ~0.85-1.1 ms per layer against 300
+# cached positions; the same call over float32 keys/values ~0.13-0.23 ms (measured here in two sessions; casting the
+# cache every step is no cheaper). Opt in with `attn_implementation="sdpa_float32_kv"`: the cache stores float32, the weights stay bf16.
 FLOAT32_KV_ATTENTION = "sdpa_float32_kv"
 
 
@@ -72,6 +72,14 @@ class Float32StaticLayer(StaticLayer):
 
 # Each stock layer type and its float32 twin, for `sdpa_float32_kv`.
 _FLOAT32_LAYER_TYPES = {DynamicLayer: Float32DynamicLayer, StaticLayer: Float32StaticLayer}
+
+
+def _empty_layer_like(layer: DynamicLayer | StaticLayer, layer_class: type | None = None) -> DynamicLayer | StaticLayer:
+    """A fresh, empty cache layer of `layer_class` (default: `layer`'s own type), as long as `layer` if static."""
+    layer_class = layer_class or type(layer)
+    if issubclass(layer_class, StaticLayer):
+        return layer_class(max_cache_len=layer.max_cache_len)
+    return layer_class()
 
 
 def float32_kv_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
@@ -309,13 +317,11 @@ class HoVLEModel(HoVLEPreTrainedModel):
         if getattr(cache, "layer_class_to_replicate", None) is not None or len(cache.layers) >= total:
             return cache  # lazily growing caches add layers on first use
         template = cache.layers[0]
-        if type(template) in (DynamicLayer, Float32DynamicLayer):
-            extra = [type(template)() for _ in range(total - len(cache.layers))]
-        elif (
-            type(template) in (StaticLayer, Float32StaticLayer)
-            and self.config.embedding_config.pixel_shuffle_loc == "pre"
-        ):
-            extra = [type(template)(max_cache_len=template.max_cache_len) for _ in range(total - len(cache.layers))]
+        supported = (DynamicLayer, Float32DynamicLayer)
+        if self.config.embedding_config.pixel_shuffle_loc == "pre":
+            supported += (StaticLayer, Float32StaticLayer)
+        if type(template) in supported:
+            extra = [_empty_layer_like(template) for _ in range(total - len(cache.layers))]
         else:
             raise NotImplementedError(
                 f"A {type(cache).__name__} with {type(template).__name__} layers is not supported for "
@@ -333,12 +339,8 @@ class HoVLEModel(HoVLEPreTrainedModel):
             cache.layer_class_to_replicate = float32_class
         for index, layer in enumerate(cache.layers):
             float32_class = _FLOAT32_LAYER_TYPES.get(type(layer))
-            if float32_class is None or layer.is_initialized:
-                continue
-            if float32_class is Float32StaticLayer:
-                cache.layers[index] = Float32StaticLayer(max_cache_len=layer.max_cache_len)
-            else:
-                cache.layers[index] = Float32DynamicLayer()
+            if float32_class is not None and not layer.is_initialized:
+                cache.layers[index] = _empty_layer_like(layer, float32_class)
 
     # -- image placement ---------------------------------------------------------------------------------------
     def _image_token_mask(self, input_ids: torch.Tensor | None, num_tiles: int) -> torch.Tensor:

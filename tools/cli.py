@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat_parser.add_argument(
         "--int8",
         action="store_true",
-        help="int8 weight-only linear layers (CPU; 1.2-1.5x faster decoding than bf16 here, approximate)",
+        help="int8 weight-only linear layers (CPU; ~1.2x faster decoding than bf16 here, approximate)",
     )
     chat_parser.add_argument(
         "--compile",
