@@ -33,7 +33,7 @@ from hovle.conversion.checkpoint_io import (
     resolve_folder,
 )
 from hovle.conversion.config_map import hovle_config_from_original
-from hovle.conversion.tokenizer_conversion import write_processor_files
+from hovle.conversion.tokenizer_conversion import tokenizer_for_model, write_processor_files
 from hovle.conversion.weight_map import (
     geometries_from_config,
     map_original_key,
@@ -175,6 +175,7 @@ def convert(
     config = hovle_config_from_original(original_config)
     tensors = TensorSource(folder)
     validate_source(tensors.shapes(), config)
+    tokenizer = tokenizer_for_model(folder, config)
 
     target_dtype = DTYPES[dtype]
     geometries = geometries_from_config(config)
@@ -190,7 +191,7 @@ def convert(
                 writer.add(target, converted.to(target_dtype))
             del tensor
         writer.finish()
-        token_ids = write_processor_files(folder, scratch, config)
+        token_ids = write_processor_files(tokenizer, scratch, config) if tokenizer is not None else None
         save_hf_config(config, scratch, target_dtype, token_ids["im_end"] if token_ids else None)
         copy_remote_code(scratch)
         base_model = str(source) if not Path(source).exists() else "OpenGVLab/HoVLE"

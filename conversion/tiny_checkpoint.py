@@ -61,6 +61,26 @@ def tiny_config(pixel_shuffle_loc: str = "pre", **overrides) -> HoVLEConfig:
     )
 
 
+# InternLM2's real vocabulary: 92,544 sentencepiece pieces + HoVLE's 9 added tokens (<img> 92544, </img> 92545,
+# <IMG_CONTEXT> 92546, ...), for tests that run the release's real tokenizer.
+INTERNLM2_VOCAB = 92553
+INTERNLM2_IMAGE_TOKEN = 92546
+
+
+def tiny_config_real_vocab(pixel_shuffle_loc: str = "pre", **overrides) -> HoVLEConfig:
+    """`tiny_config` with InternLM2's real vocabulary and token ids, and the release's 448 px tiles (256 tokens)."""
+    vocab = {"vocab_size": INTERNLM2_VOCAB}
+    config = tiny_config(
+        pixel_shuffle_loc,
+        embedding={"image_size": 448, "patch_size": 14, **vocab, **overrides.pop("embedding", {})},
+        text={**vocab, **overrides.pop("text", {})},
+        **overrides,
+    )
+    config.image_token_id = INTERNLM2_IMAGE_TOKEN
+    config.image_start_token_id, config.image_end_token_id = INTERNLM2_IMAGE_TOKEN - 2, INTERNLM2_IMAGE_TOKEN - 1
+    return config
+
+
 def random_original_state_dict(config: HoVLEConfig, seed: int = 0, std: float = 0.5) -> dict[str, torch.Tensor]:
     """Every original-layout tensor for `config`, random (norm weights included, as in the golden fixture)."""
     generator = torch.Generator().manual_seed(seed)

@@ -24,6 +24,8 @@ def test_chat_default_model_is_labelled_and_streams(tmp_path):
     result = run_cli("chat", "--image", str(image), "--max-new-tokens", "5", "What is this?")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "UNTRAINED" in result.stderr
+    assert "hovle convert --input OpenGVLab/HoVLE" in result.stderr  # how to get the real model
+    assert "OpenGVLab/HoVLE-hf" not in result.stderr  # no such Hub repository
     assert result.stdout.strip(), "the streamed reply goes to stdout"
 
 

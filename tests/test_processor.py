@@ -8,7 +8,7 @@ from PIL import Image
 from reference_tiling import reference_pixel_values
 
 from hovle.conversion.tiny_checkpoint import tiny_config, write_tiny_tokenizer
-from hovle.conversion.tokenizer_conversion import added_tokens_from_config, build_processor, convert_sentencepiece
+from hovle.conversion.tokenizer_conversion import build_processor, convert_tokenizer
 from hovle.processing_hovle import DEFAULT_SYSTEM_MESSAGE
 
 SIZES = [
@@ -28,9 +28,7 @@ SIZES = [
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
     folder = write_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-    tokenizer = convert_sentencepiece(
-        folder / "tokenizer.model", added_tokens_from_config(folder / "tokenizer_config.json", 1020)
-    )
+    tokenizer = convert_tokenizer(folder)
     return build_processor(tokenizer, tiny_config(embedding={"image_size": 448, "patch_size": 14}))
 
 

@@ -7,7 +7,7 @@ import sentencepiece
 from transformers import AutoTokenizer
 
 from hovle.conversion.tiny_checkpoint import CHAT_PIECES, TINY_ADDED_TOKENS, write_tiny_tokenizer
-from hovle.conversion.tokenizer_conversion import added_tokens_from_config, convert_sentencepiece
+from hovle.conversion.tokenizer_conversion import build_fast_tokenizer, convert_tokenizer
 
 PLAIN = [
     "Hello world",
@@ -36,8 +36,7 @@ WITH_SPECIALS = [
 
 def build(tmp_path, add_dummy_prefix):
     folder = write_tiny_tokenizer(tmp_path / "spm", add_dummy_prefix=add_dummy_prefix)
-    added = added_tokens_from_config(folder / "tokenizer_config.json", 1020)
-    tokenizer = convert_sentencepiece(folder / "tokenizer.model", added)
+    tokenizer = convert_tokenizer(folder)
     saved = tmp_path / "fast"
     tokenizer.save_pretrained(saved)
     return sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")), saved
@@ -79,5 +78,5 @@ def test_bad_sentencepiece_file(tmp_path):
     bad = tmp_path / "tokenizer.model"
     bad.write_bytes(b"not a protobuf at all \xff\xfe")
     with pytest.raises(CheckpointError, match="tokenizer.model"):
-        convert_sentencepiece(bad)
+        build_fast_tokenizer(bad)
     shutil.rmtree(tmp_path)

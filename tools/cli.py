@@ -19,7 +19,8 @@ from pathlib import Path
 
 UNTRAINED_BANNER = (
     "[hovle] No --model given: using a tiny RANDOM, UNTRAINED model built offline. Its replies are noise.\n"
-    "[hovle] Pass --model OpenGVLab/HoVLE-hf (or a converted folder) for the real model."
+    "[hovle] For the real model, convert the release once (hovle convert --input OpenGVLab/HoVLE --output "
+    "./HoVLE-hf) and pass --model ./HoVLE-hf, or the Hub id of a converted copy you pushed."
 )
 
 
