@@ -19,11 +19,16 @@ test-oldest:             ## the suite on the oldest supported transformers (setu
 	scripts/install.sh .venv-oldest $(OLDEST_TRANSFORMERS)
 	HF_HUB_OFFLINE=1 .venv-oldest/bin/python -m pytest -q tests
 
-lint: install
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+LINT_VENV ?= .venv-lint
 
-format: install
-	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+$(LINT_VENV)/bin/ruff:   # ruff alone: linting needs neither torch nor the package
+	python3 -m venv $(LINT_VENV) && $(LINT_VENV)/bin/pip install --quiet "ruff>=0.6"
+
+lint: $(LINT_VENV)/bin/ruff
+	$(LINT_VENV)/bin/ruff check . && $(LINT_VENV)/bin/ruff format --check .
+
+format: $(LINT_VENV)/bin/ruff
+	$(LINT_VENV)/bin/ruff check --fix . && $(LINT_VENV)/bin/ruff format .
 
 bench: install           ## decoding cost per token vs plain Llama and vs full recomputation
 	$(PY) benchmarks/decode_cost.py

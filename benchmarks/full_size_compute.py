@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForImageTextToText, LlamaConfig, LlamaForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
-from hovle.decoding import compiled_decoding_config
+from hovle.cpu_decoding import compiled_decoding_config
 from hovle.quantization import Int8WeightOnlyLinear, quantize_linear_int8
 
 

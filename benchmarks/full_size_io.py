@@ -4,7 +4,7 @@
     python benchmarks/full_size_io.py /big/original /big/work [--llama-reference] [--json out.json]
 
 Each measured step runs in a fresh child process that reports its own wall time and peak RSS (`ru_maxrss`):
-* conversion fp32 -> bf16 (`convert_hovle_to_hf`) vs a plain read-and-write copy of the same source files
+* conversion fp32 -> bf16 (`hovle.conversion.to_transformers`) vs a plain read-and-write copy of the same source files
   (the source is read once first so both start from the same warm page cache);
 * `from_pretrained` of the converted bf16 folder vs reading the same safetensors files into tensors with
   `safetensors` alone, both touching every weight byte once. Cold (page cache dropped before each run; needs root)
@@ -50,7 +50,7 @@ for file in sorted(__import__("pathlib").Path(src).glob("*")):
         shutil.copyfileobj(reader, writer, 64 << 20)
 """,
     "convert": """
-from hovle.conversion.convert_hovle_to_hf import convert
+from hovle.conversion.to_transformers import convert
 convert(sys.argv[1], sys.argv[2], dtype="bfloat16", progress=False)
 """,
     "safetensors_read": """

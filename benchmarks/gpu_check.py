@@ -20,8 +20,8 @@ import torch
 import transformers
 
 from hovle.conversion.config_map import hovle_config_from_original
-from hovle.conversion.reference_configs import release_original_config
 from hovle.modeling_hovle import HoVLEForConditionalGeneration
+from hovle.testing import release_original_config
 
 
 def timed(function) -> float:

@@ -21,9 +21,9 @@ import transformers
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from hovle.conversion.convert_hovle_to_hf import convert
-from hovle.conversion.tiny_checkpoint import tiny_config
+from hovle.conversion.to_transformers import convert
 from hovle.modeling_hovle import HoVLEForConditionalGeneration
+from hovle.testing import tiny_config
 
 
 def golden(fixture: str, device: str) -> dict:

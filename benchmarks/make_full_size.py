@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import save_file
 
 from hovle.conversion.config_map import hovle_config_from_original
-from hovle.conversion.convert_hovle_to_hf import expected_original_shapes
-from hovle.conversion.reference_configs import release_original_config
+from hovle.conversion.layout import expected_original_shapes
+from hovle.testing import release_original_config
 
 SHARD_BYTES = 4_940_000_000  # the release's first shard; the split lands near 4.94 / 4.73 / 0.76 GB
 

@@ -20,7 +20,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2Im
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_tiling import reference_pixel_values  # noqa: E402
 
-from hovle.conversion.tokenizer_conversion import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from hovle.conversion.tokenizer import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 # (image size, max tiles) chosen so the grid is 1, 6 and 12 tiles (+ thumbnail when more than one).
 CASES = {"1 tile": ((448, 448), 1), "6 tiles + thumbnail": ((1344, 896), 6), "12 tiles + thumbnail": ((1792, 1344), 12)}

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText
 
-from hovle.conversion.convert_hovle_to_hf import convert
-from hovle.conversion.tiny_checkpoint import tiny_config, write_original_checkpoint
+from hovle.conversion.to_transformers import convert
+from hovle.testing import tiny_config, write_original_checkpoint
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hovle.conversion.convert_hovle_to_hf import convert
-from hovle.conversion.tiny_checkpoint import TINY_IMAGE_TOKEN, tiny_config
+from hovle.conversion.to_transformers import convert
 from hovle.modeling_hovle import HoVLEForConditionalGeneration
+from hovle.testing import TINY_IMAGE_TOKEN, tiny_config
 
 
 def find_shared_dir() -> Path:
@@ -84,7 +84,7 @@ def output_cache(outputs):
 @pytest.fixture(scope="session")
 def tiny_hub_folder(tmp_path_factory) -> Path:
     """A converted tiny model WITH tokenizer and processor (the fixture has none): what a Hub repo holds."""
-    from hovle.conversion.tiny_checkpoint import write_original_checkpoint, write_tiny_tokenizer
+    from hovle.testing import write_original_checkpoint, write_tiny_tokenizer
 
     root = tmp_path_factory.mktemp("hub")
     source = write_original_checkpoint(root / "original", tiny_config("pre"), seed=0)

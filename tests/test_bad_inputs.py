@@ -8,8 +8,9 @@ import torch
 from conftest import build_model, image_prompt
 from safetensors.torch import load_file, save_file
 
+from hovle.cli import main
 from hovle.conversion.checkpoint_io import CheckpointError
-from hovle.conversion.convert_hovle_to_hf import convert, main
+from hovle.conversion.to_transformers import convert
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_existing_output_is_left_alone(source, tmp_path):
 
 def test_cli_reports_error_and_exit_code(source, tmp_path, capsys):
     rewrite(source, lambda t: t.pop("language_model.output.weight"))
-    assert main(["--input", str(source), "--output", str(tmp_path / "out")]) == 2
+    assert main(["convert", "--input", str(source), "--output", str(tmp_path / "out")]) == 2
     assert "language_model.output.weight" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

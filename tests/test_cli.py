@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from hovle.tools.cli import main
+from hovle.cli import main
 
 
 def run_cli(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "hovle.tools.cli", *args], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", "hovle.cli", *args], capture_output=True, text=True, env=env, timeout=300
     )
 
 

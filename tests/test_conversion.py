@@ -7,10 +7,11 @@ from conftest import SHAPES_JSON
 
 from hovle.conversion.checkpoint_io import TensorSource
 from hovle.conversion.config_map import hovle_config_from_original
-from hovle.conversion.convert_hf_to_hovle import export
-from hovle.conversion.convert_hovle_to_hf import convert, expected_original_shapes
-from hovle.conversion.reference_configs import release_original_config
+from hovle.conversion.layout import expected_original_shapes
+from hovle.conversion.to_original import export
+from hovle.conversion.to_transformers import convert
 from hovle.modeling_hovle import HoVLEForConditionalGeneration
+from hovle.testing import release_original_config
 
 
 def read_all(folder):
@@ -85,7 +86,7 @@ def test_sharded_and_bin_sources_convert_identically(fixture_dir, converted_fixt
 
 def test_wqkv_split_follows_the_documented_packing():
     """Row ((kv * (g + 2)) + slot) * head_dim + d: checked against an index computation, not the code's reshape."""
-    from hovle.conversion.weight_map import AttentionGeometry
+    from hovle.conversion.layout import AttentionGeometry
 
     geometry = AttentionGeometry(num_heads=4, num_kv_heads=2, head_dim=3)
     g, hd = geometry.queries_per_kv, geometry.head_dim

@@ -6,13 +6,14 @@ from conftest import build_model, image_prompt, output_cache
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from hovle.decoding import compiled_decoding_config, fast_cpu_decoding
-from hovle.modeling_hovle import (
+from hovle.cpu_decoding import (
     FLOAT32_KV_ATTENTION,
     Float32StaticLayer,
-    HoVLEForConditionalGeneration,
-    TraceableDynamicRotaryEmbedding,
+    compiled_decoding_config,
+    fast_cpu_decoding,
+    use_float32_cache,
 )
+from hovle.modeling_hovle import HoVLEForConditionalGeneration, TraceableDynamicRotaryEmbedding
 
 STEPS = 12
 
@@ -91,7 +92,8 @@ def test_float32_kv_attention(inputs):
     """`sdpa_float32_kv`: a float32 cache under bf16 weights; same as sdpa in float32, close to it in bf16."""
     ids, pixels = inputs
     reference = build_model("pre", "sdpa")
-    float32_kv = build_model("pre", "sdpa_float32_kv")
+    float32_kv = build_model("pre", "sdpa")
+    use_float32_cache(float32_kv)
     # Float32 model: the same kernels as plain sdpa, so the same greedy tokens and logits.
     torch.testing.assert_close(
         float32_kv(input_ids=ids, pixel_values=pixels).logits, reference(input_ids=ids, pixel_values=pixels).logits

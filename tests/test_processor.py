@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from reference_tiling import reference_pixel_values
 
-from hovle.conversion.tiny_checkpoint import tiny_config, write_tiny_tokenizer
-from hovle.conversion.tokenizer_conversion import build_processor, convert_tokenizer
+from hovle.conversion.tokenizer import build_processor, convert_tokenizer
 from hovle.processing_hovle import DEFAULT_SYSTEM_MESSAGE
+from hovle.testing import tiny_config, write_tiny_tokenizer
 
 SIZES = [
     (448, 448),

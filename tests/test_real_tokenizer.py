@@ -13,10 +13,10 @@ from reference_internlm2_tokenizer import ReferenceInternLM2Tokenizer
 from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from hovle.conversion.checkpoint_io import CheckpointError
-from hovle.conversion.convert_hovle_to_hf import convert
-from hovle.conversion.tiny_checkpoint import tiny_config_real_vocab, write_original_checkpoint
-from hovle.conversion.tokenizer_conversion import TOKENIZER_FILES, build_processor, convert_tokenizer
+from hovle.conversion.to_transformers import convert
+from hovle.conversion.tokenizer import TOKENIZER_FILES, build_processor, convert_tokenizer
 from hovle.processing_hovle import DEFAULT_SYSTEM_MESSAGE
+from hovle.testing import tiny_config_real_vocab, write_original_checkpoint
 
 RELEASE_TOKENIZER = Path(__file__).parent / "fixtures" / "internlm2"
 # The release's ids (HOVLE.md section 7), independent of both the converter and the reference.

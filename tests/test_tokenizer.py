@@ -6,8 +6,8 @@ import pytest
 import sentencepiece
 from transformers import AutoTokenizer
 
-from hovle.conversion.tiny_checkpoint import CHAT_PIECES, TINY_ADDED_TOKENS, write_tiny_tokenizer
-from hovle.conversion.tokenizer_conversion import build_fast_tokenizer, convert_tokenizer
+from hovle.conversion.tokenizer import build_fast_tokenizer, convert_tokenizer
+from hovle.testing import CHAT_PIECES, TINY_ADDED_TOKENS, write_tiny_tokenizer
 
 PLAIN = [
     "Hello world",

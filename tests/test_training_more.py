@@ -11,8 +11,8 @@ from test_training_distributed import write_chat_data
 from transformers import AutoModelForImageTextToText, InternVLConfig, InternVLModel, TrainingArguments
 
 from hovle.conversion.checkpoint_io import TensorSource
-from hovle.conversion.convert_hf_to_hovle import export
-from hovle.conversion.convert_hovle_to_hf import convert
+from hovle.conversion.to_original import export
+from hovle.conversion.to_transformers import convert
 from hovle.training.collator import HoVLEChatCollator
 from hovle.training.distillation import DistillationCollator, DistillationTrainer, check_teacher, distillation_losses
 from hovle.training.lora import LORA_TARGETS, lora_config, merge_and_save
@@ -158,7 +158,7 @@ def test_finetuned_model_exports_to_original_bit_exact(tiny_hub_folder, processo
 
 
 def test_cli_train_stage3(tiny_hub_folder, tmp_path):
-    from hovle.tools.cli import main
+    from hovle.cli import main
 
     data = write_chat_data(tmp_path / "data", count=4)
     out = tmp_path / "trained"

@@ -51,9 +51,9 @@ class DistillationCollator:
     Image samples become `<img><IMG_CONTEXT>*n</img>` sequences with their tiles; text samples are the ids.
     """
 
-    def __init__(self, processor, max_patches: int | None = None):
+    def __init__(self, processor, max_tiles: int | None = None):
         self.processor = processor
-        self.max_patches = max_patches
+        self.max_tiles = max_tiles
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         texts, images, raw_ids = [], [], []
@@ -68,7 +68,7 @@ class DistillationCollator:
             inputs = self.processor(
                 images=images,
                 text=texts,
-                max_patches=self.max_patches,
+                max_tiles=self.max_tiles,
                 padding=True,
                 return_tensors="pt",
                 add_special_tokens=False,

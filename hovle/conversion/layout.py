@@ -1,4 +1,5 @@
-"""One key table between the original HoVLE checkpoint layout and ours, used in both directions.
+"""The HoVLE checkpoint layout: one key table between the original release's keys and ours, the shapes both sides
+must have, and the validation every consumer (import, export, fixtures, benchmarks) goes through.
 
 Original (InternVL code base, InternLM2 blocks with a fused `wqkv`)      ->  ours (transformers Llama blocks)
 `{}` stands for a layer number. Keys not matched exactly, nor by a layer pattern, are errors: there is no
@@ -13,6 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from ..configuration_hovle import HoVLEConfig
+from ..modeling_hovle import HoVLEForConditionalGeneration
+from .checkpoint_io import CheckpointError
 
 # Whole-key renames.
 _EXACT = {
@@ -149,3 +154,58 @@ def ours_to_original(mapping: KeyMapping, tensors: list[torch.Tensor], geometrie
     if mapping.is_fused:
         return geometries[mapping.stack].fuse_wqkv(*tensors)
     return tensors[0]
+
+
+def model_state_shapes(config: HoVLEConfig) -> dict[str, tuple[int, ...]]:
+    """Our model's tensors and shapes, from a model built on the meta device (no memory, any size)."""
+    with torch.device("meta"):
+        model = HoVLEForConditionalGeneration(config)
+    return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+
+
+def expected_original_shapes(config: HoVLEConfig) -> dict[str, tuple[int, ...]]:
+    """Every original key this config implies, with its shape: our meta tensors pushed back through the table.
+
+    Also checks the table itself: every model tensor is produced by exactly one original key.
+    """
+    ours = model_state_shapes(config)
+    meta = {key: torch.empty(shape, device="meta") for key, shape in ours.items()}
+    geometries = geometries_from_config(config)
+    expected, produced = {}, []
+    for key in original_keys_for(config.embedding_config.num_hidden_layers, config.text_config.num_hidden_layers):
+        mapping = map_original_key(key)
+        expected[key] = tuple(ours_to_original(mapping, [meta[t] for t in mapping.targets], geometries).shape)
+        produced.extend(mapping.targets)
+    if sorted(produced) != sorted(ours):
+        raise AssertionError(f"key table out of sync with the model: {sorted(set(produced) ^ set(ours))}")
+    return expected
+
+
+def check_shapes(shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], action: str) -> None:
+    """Raise a `CheckpointError` naming every unknown, missing or mis-shaped tensor of `shapes`."""
+    unexpected = sorted(k for k in shapes if k not in expected)
+    missing = sorted(k for k in expected if k not in shapes)
+    wrong = [
+        f"{k}: {list(shapes[k])} != expected {list(expected[k])}"
+        for k in shapes
+        if k in expected and shapes[k] != expected[k]
+    ]
+    problems = []
+    if unexpected:
+        problems.append(f"unknown tensor(s) not in the HoVLE layout: {unexpected}")
+    if missing:
+        problems.append(f"missing tensor(s): {missing}")
+    if wrong:
+        problems.append(f"wrong shape(s): {wrong}")
+    if problems:
+        raise CheckpointError(f"Cannot {action}: " + "; ".join(problems))
+
+
+def validate_original(shapes: dict[str, tuple[int, ...]], config: HoVLEConfig) -> None:
+    """An original-layout checkpoint holds exactly the tensors `config` implies."""
+    check_shapes(shapes, expected_original_shapes(config), "convert")
+
+
+def validate_transformers(shapes: dict[str, tuple[int, ...]], config: HoVLEConfig) -> None:
+    """A transformers-layout checkpoint holds exactly our model's tensors."""
+    check_shapes(shapes, model_state_shapes(config), "export")

@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import __version__
+
 UNTRAINED_BANNER = (
     "[hovle] No --model given: using a tiny RANDOM, UNTRAINED model built offline. Its replies are noise.\n"
     "[hovle] For the real model, convert the release once (hovle convert --input OpenGVLab/HoVLE --output "
@@ -26,8 +28,8 @@ UNTRAINED_BANNER = (
 
 def build_default_model(folder: Path) -> Path:
     """Tiny original-format checkpoint + tokenizer, converted like a real one."""
-    from hovle.conversion.convert_hovle_to_hf import convert
-    from hovle.conversion.tiny_checkpoint import tiny_config, write_original_checkpoint, write_tiny_tokenizer
+    from .conversion.to_transformers import convert
+    from .testing import tiny_config, write_original_checkpoint, write_tiny_tokenizer
 
     source = write_original_checkpoint(folder / "original", tiny_config("pre"), seed=0)
     write_tiny_tokenizer(source)
@@ -49,11 +51,11 @@ def chat(args: argparse.Namespace) -> int:
     model = model.to(args.device).eval()
     generate_kwargs = {}
     if args.int8:
-        from hovle.quantization import quantize_linear_int8
+        from .quantization import quantize_linear_int8
 
         quantize_linear_int8(model)
     if model.device.type == "cpu":
-        from hovle.decoding import fast_cpu_decoding
+        from .cpu_decoding import fast_cpu_decoding
 
         generate_kwargs = fast_cpu_decoding(model, compile=args.compile)
 
@@ -64,7 +66,7 @@ def chat(args: argparse.Namespace) -> int:
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     try:
         images = [str(path) for path in args.image] or None
-        inputs = processor(images=images, text=prompt, max_patches=args.max_patches, return_tensors="pt")
+        inputs = processor(images=images, text=prompt, max_tiles=args.max_tiles, return_tensors="pt")
         inputs = inputs.to(model.device)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -76,46 +78,79 @@ def chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hovle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    chat_parser = commands.add_parser("chat", help="answer a question about images, streaming the reply")
-    chat_parser.add_argument("question")
-    chat_parser.add_argument("--model", help="converted folder or Hub id (default: tiny untrained model)")
-    chat_parser.add_argument("--image", action="append", default=[], type=Path, help="image file (repeatable)")
-    chat_parser.add_argument("--system", help="system message (empty string: none)")
-    chat_parser.add_argument("--max-new-tokens", type=int, default=64)
-    chat_parser.add_argument("--max-patches", type=int, default=6, help="most tiles per image")
-    chat_parser.add_argument("--device", default="cpu")
-    chat_parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    chat_parser.add_argument(
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("question")
+    parser.add_argument("--model", help="converted folder or Hub id (default: tiny untrained model)")
+    parser.add_argument("--image", action="append", default=[], type=Path, help="image file (repeatable)")
+    parser.add_argument("--system", help="system message (empty string: none)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-tiles", type=int, default=6, help="most tiles per image")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument(
         "--int8",
         action="store_true",
-        help="int8 weight-only linear layers (CPU; ~1.2x faster decoding than bf16 here, approximate)",
+        help="int8 weight-only linear layers (CPU; approximate, see benchmarks/README.md)",
     )
-    chat_parser.add_argument(
+    parser.add_argument(
         "--compile",
         action="store_true",
         help="CPU: static cache + compiled decoding step (the first reply waits ~1.5 min to compile at full size)",
     )
 
-    commands.add_parser("train", help="fine-tune with the Trainer (stage 1, 2 or 3)", add_help=False)
-    commands.add_parser("convert", help="original checkpoint -> transformers folder", add_help=False)
-    commands.add_parser("export", help="transformers folder -> original layout", add_help=False)
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hovle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"hovle {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_chat_arguments(commands.add_parser("chat", help="answer a question about images, streaming the reply"))
+    # The other commands' modules load transformers and torch: their arguments are added only when chosen, so that
+    # `hovle --help` stays fast.
+    for name, summary in SUBCOMMANDS.items():
+        commands.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+# command -> (one-line summary); the module that implements it has `add_arguments(parser)` and `run(args)`.
+SUBCOMMANDS = {
+    "convert": "original checkpoint -> transformers folder",
+    "export": "transformers folder -> original layout",
+    "train": "fine-tune with the Trainer (stage 1, 2 or 3)",
+}
+SUBCOMMAND_MODULES = {
+    "convert": "hovle.conversion.to_transformers",
+    "export": "hovle.conversion.to_original",
+    "train": "hovle.training.train",
+}
+
+
+def run_subcommand(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module = importlib.import_module(SUBCOMMAND_MODULES[name])
+    parser = argparse.ArgumentParser(
+        prog=f"hovle {name}", description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    from .conversion.checkpoint_io import CheckpointError
+
+    try:
+        written = module.run(args)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Wrote {written}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":
-        from hovle.training.train import main as train_main
-
-        return train_main(argv[1:])
-    if argv and argv[0] in ("convert", "export"):
-        from hovle.conversion import convert_hf_to_hovle, convert_hovle_to_hf
-
-        target = convert_hovle_to_hf if argv[0] == "convert" else convert_hf_to_hovle
-        return target.main(argv[1:])
+    if argv and argv[0] in SUBCOMMANDS:
+        return run_subcommand(argv[0], argv[1:])
+    parser = build_parser()
     args = parser.parse_args(argv)
     for path in args.image:
         if not path.is_file():

@@ -167,6 +167,14 @@ def parse_size(size: int | str) -> int:
 
 
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+# The dtypes a conversion can write, by the name users give.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def target_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise CheckpointError(f"Unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
 
 
 class StreamingSafetensorsWriter:

@@ -1,20 +1,22 @@
-"""Deterministic tiny checkpoints in the *original* release layout, built offline.
+"""Test fixtures and builders, offline and deterministic: tiny checkpoints in the *original* release layout, tiny
+sentencepiece tokenizers, and the release's full-size original `config.json`.
 
-Used by the tests and by the quick-start demo: the shapes come from our own key table run backwards over a
-meta-device model, so a tiny checkpoint has exactly the keys a real one has, just smaller.
+Used by the tests, the benchmarks and the quick-start demo. A tiny checkpoint's shapes come from the layout's key
+table run backwards over a meta-device model, so it has exactly the keys a real one has, just smaller.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from hovle.configuration_hovle import HoVLEConfig
-from hovle.conversion.config_map import original_config_from_hovle
-from hovle.conversion.convert_hovle_to_hf import expected_original_shapes
+from .configuration_hovle import HoVLEConfig
+from .conversion.config_map import original_config_from_hovle
+from .conversion.layout import expected_original_shapes
 
 # Same ids as the golden fixture: vocab 1024, <img> 1020, </img> 1021, <IMG_CONTEXT> 1022.
 TINY_VOCAB = 1024
@@ -155,3 +157,57 @@ def write_tiny_tokenizer(folder: str | Path, add_dummy_prefix: bool = False, voc
     config = {"tokenizer_class": "InternLM2Tokenizer", "added_tokens_decoder": added, "add_bos_token": True}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return folder
+
+
+# The release's original `config.json` (`OpenGVLab/HoVLE`), for full-size checks that need no download (key
+# coverage on the meta device, size benchmarks).
+def release_original_config(pixel_shuffle_loc: str = "pre") -> dict[str, Any]:
+    return {
+        "architectures": ["InternVLChatModel"],
+        "model_type": "internvl_chat",
+        "template": "internlm2-chat",
+        "downsample_ratio": 0.5,
+        "force_image_size": 448,
+        "dynamic_image_size": True,
+        "use_thumbnail": True,
+        "max_dynamic_patch": 6,
+        "ps_version": "v2",
+        "embedding_config": {
+            "model_type": "holistic_embedding",
+            "num_hidden_layers": 8,
+            "hidden_size": 2048,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "intermediate_size": 8192,
+            "image_size": 448,
+            "patch_size": 14,
+            "llm_vocab_size": 92553,
+            "llm_hidden_size": 2048,
+            "img_context_token_id": 92546,
+            "use_ls": False,
+            "use_pixel_shuffle_proj": True,
+            "pixel_shuffle_loc": pixel_shuffle_loc,
+            "downsample_ratio": 0.5,
+            "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 4096,
+        },
+        "llm_config": {
+            "architectures": ["InternLM2ForCausalLM"],
+            "vocab_size": 92553,
+            "hidden_size": 2048,
+            "intermediate_size": 8192,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "max_position_embeddings": 32768,
+            "rope_theta": 1000000.0,
+            "rope_scaling": {"type": "dynamic", "factor": 2.0},
+            "rms_norm_eps": 1e-5,
+            "bias": False,
+            "tie_word_embeddings": False,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 2,
+        },
+    }

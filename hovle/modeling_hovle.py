@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -29,49 +30,27 @@ from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLayer
 from transformers.generation import GenerationMixin
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, create_causal_mask, sdpa_mask
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-from transformers.modeling_utils import AttentionInterface, PreTrainedModel
-from transformers.models.internvl.modeling_internvl import InternVLModel
+from transformers.modeling_utils import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel, LlamaRotaryEmbedding
 
+from .chat_hovle import HoVLEChatMixin
 from .configuration_hovle import HoVLEConfig, HoVLEEmbeddingConfig
-from .processing_hovle import CHAT_TEMPLATE, END_OF_TURN, add_missing_placeholders, expand_image_placeholders
 
-# transformers renamed `past_key_values` to `cache` (5.2x); speak whichever this installed version speaks, so the
-# same file runs on the GPU machines' 5.17 and on current releases without deprecation warnings.
+# -- transformers 5.17 .. 5.2x: every version difference this file handles ----------------------------------------
+# The cache argument and output field were renamed `past_key_values` -> `cache` in 5.2x: speak the installed name.
 _CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaDecoderLayer.forward).parameters else "past_key_values"
 _CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
-# The attribute the `post` layout keeps its embedding-stream padding mask under, on the shared cache object.
-_EMBEDDING_MASK_ATTR = "hovle_embedding_attention_mask"
-
-
-# -- attention over a float32 cache, for CPUs without native bf16 ---------------------------------------------------
-# On such CPUs (AVX2), bf16 `scaled_dot_product_attention` at one query costs ~0.85-1.1 ms per layer against 300
-# cached positions; the same call over float32 keys/values ~0.13-0.23 ms (measured here in two sessions; casting the
-# cache every step is no cheaper). Opt in with `attn_implementation="sdpa_float32_kv"`: the cache stores float32, the weights stay bf16.
-FLOAT32_KV_ATTENTION = "sdpa_float32_kv"
-
-
-class Float32DynamicLayer(DynamicLayer):
-    """A dynamic cache layer that keeps keys and values in float32, whatever the model's dtype."""
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        return super().update(key_states.float(), value_states.float(), *args, **kwargs)
-
-
-class Float32StaticLayer(StaticLayer):
-    """A static (compile-friendly) cache layer that keeps keys and values in float32; it allocates on first update,
-    so the float32 states it receives set its dtype."""
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        return super().update(key_states.float(), value_states.float(), *args, **kwargs)
-
-
-# Each stock layer type and its float32 twin, for `sdpa_float32_kv`.
-_FLOAT32_LAYER_TYPES = {DynamicLayer: Float32DynamicLayer, StaticLayer: Float32StaticLayer}
+# `is_gradient_checkpointing` became `is_activation_checkpointing` in 5.2x (the old name warns there).
+_ACTIVATION_CHECKPOINTING_FLAG = (
+    "is_activation_checkpointing"
+    if hasattr(PreTrainedModel, "is_activation_checkpointing")
+    else "is_gradient_checkpointing"
+)
+# The rotary forward without its decorators: transformers' `dynamic_rope_update` (and, on 5.17, `no_grad`).
+_UNWRAPPED_ROPE_FORWARD = inspect.unwrap(LlamaRotaryEmbedding.forward)
 
 
 def _empty_layer_like(layer: DynamicLayer | StaticLayer, layer_class: type | None = None) -> DynamicLayer | StaticLayer:
@@ -82,16 +61,22 @@ def _empty_layer_like(layer: DynamicLayer | StaticLayer, layer_class: type | Non
     return layer_class()
 
 
-def float32_kv_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
-    """transformers' sdpa attention; over a float32 cache the query joins float32 and the output returns to bf16."""
-    if key.dtype == query.dtype:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    output, weights = sdpa_attention_forward(module, query.to(key.dtype), key, value, attention_mask, **kwargs)
-    return output.to(query.dtype), weights
+# The `post` layout's embedding stream is longer than the LLM stream and keeps its own padding mask across decoding
+# steps: the one piece of state the shared cache has no slot for, kept here per cache object (and gone with it).
+_EMBEDDING_STREAM_MASKS: weakref.WeakKeyDictionary[Cache, torch.Tensor] = weakref.WeakKeyDictionary()
 
 
-AttentionInterface.register(FLOAT32_KV_ATTENTION, float32_kv_sdpa_attention)
-AttentionMaskInterface.register(FLOAT32_KV_ATTENTION, sdpa_mask)
+def pixel_shuffle(grid: torch.Tensor, scale_factor: float) -> torch.Tensor:
+    """InternVL's "v2" pixel shuffle (the same ordering as transformers' `InternVLModel.pixel_shuffle`, which the
+    tests compare against): (tiles, h, w, C) -> (tiles, w*s, h*s, C/s^2), e.g. s=0.5 folds 2x2 patches into one."""
+    tiles, height, width, channels = grid.shape
+    # (tiles, h, w, C) -> (tiles, h, w*s, C/s)
+    grid = grid.view(tiles, height, int(width * scale_factor), int(channels / scale_factor))
+    # -> (tiles, w*s, h, C/s)
+    grid = grid.permute(0, 2, 1, 3).contiguous()
+    # -> (tiles, w*s, h*s, C/s^2)
+    grid = grid.view(tiles, int(width * scale_factor), int(height * scale_factor), int(channels / scale_factor**2))
+    return grid.permute(0, 2, 1, 3).contiguous()
 
 
 class TraceableDynamicRotaryEmbedding(LlamaRotaryEmbedding):
@@ -105,9 +90,8 @@ class TraceableDynamicRotaryEmbedding(LlamaRotaryEmbedding):
     sequence gets its own frequencies back instead of those of the longest sequence seen so far.
     """
 
-    # The inherited forward minus transformers' `dynamic_rope_update` wrapper (and, on 5.17, `no_grad`: the
-    # frequencies are a buffer either way), since this class does the update itself.
-    _rope_forward = staticmethod(inspect.unwrap(LlamaRotaryEmbedding.forward))
+    # The inherited forward minus transformers' update wrapper, since this class does the update itself.
+    _rope_forward = staticmethod(_UNWRAPPED_ROPE_FORWARD)
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
         inv_freq, _ = ROPE_INIT_FUNCTIONS["dynamic"](self.config, x.device, seq_len=position_ids.max() + 1)
@@ -240,8 +224,7 @@ class HoVLEHolisticEmbedding(HoVLEPreTrainedModel):
         tiles, num_patches, channels = patch_states.shape
         side = self.config.patches_per_side
         grid = patch_states.reshape(tiles, side, side, channels).contiguous()
-        # Same ordering as transformers' native InternVL (the method does not touch `self`).
-        shuffled = InternVLModel.pixel_shuffle(self, grid, scale_factor=self.config.downsample_ratio)
+        shuffled = pixel_shuffle(grid, scale_factor=self.config.downsample_ratio)
         shuffled = shuffled.reshape(tiles, -1, shuffled.shape[-1])  # (tiles, tokens_per_tile, C*s^2)
         return self.projector(shuffled)
 
@@ -287,6 +270,9 @@ class HoVLEModel(HoVLEPreTrainedModel):
         # module) but kept, as the text teacher of training stage I.
         self.language_model = LlamaModel(config.text_config)
         self.language_model.rotary_emb = rotary_embedding(config.text_config)
+        # Cache-layer types to put in place of transformers' stock ones in a fresh cache, e.g. float32 layers for
+        # CPUs without native bf16 (`hovle.cpu_decoding.use_float32_cache`). Empty: the stock layers.
+        self.cache_layer_types: dict[type, type] = {}
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -296,9 +282,7 @@ class HoVLEModel(HoVLEPreTrainedModel):
         self.embedding_model.embed_tokens = value
 
     def _activation_checkpointing(self) -> bool:
-        # Renamed in 5.2x (`is_gradient_checkpointing` now warns); read whichever this version has.
-        flag = getattr(type(self), "is_activation_checkpointing", None)
-        return bool(self.is_activation_checkpointing if flag is not None else self.is_gradient_checkpointing)
+        return bool(getattr(self, _ACTIVATION_CHECKPOINTING_FLAG))
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Image tokens as the `pre` layout inserts them: (tiles, tokens_per_tile, hidden)."""
@@ -312,35 +296,31 @@ class HoVLEModel(HoVLEPreTrainedModel):
                 return None
             cache = DynamicCache(config=self.config.text_config)
         total = self.num_text_layers + self.config.embedding_config.num_hidden_layers
-        if self.config.text_config._attn_implementation == FLOAT32_KV_ATTENTION:
-            self._use_float32_layers(cache)
+        if self.cache_layer_types:
+            self._swap_cache_layer_types(cache)
         if getattr(cache, "layer_class_to_replicate", None) is not None or len(cache.layers) >= total:
             return cache  # lazily growing caches add layers on first use
         template = cache.layers[0]
-        supported = (DynamicLayer, Float32DynamicLayer)
-        if self.config.embedding_config.pixel_shuffle_loc == "pre":
-            supported += (StaticLayer, Float32StaticLayer)
-        if type(template) in supported:
-            extra = [_empty_layer_like(template) for _ in range(total - len(cache.layers))]
-        else:
+        stock = {DynamicLayer} | ({StaticLayer} if self.config.embedding_config.pixel_shuffle_loc == "pre" else set())
+        supported = stock | {self.cache_layer_types[t] for t in stock if t in self.cache_layer_types}
+        if type(template) not in supported:
             raise NotImplementedError(
                 f"A {type(cache).__name__} with {type(template).__name__} layers is not supported for "
                 f"pixel_shuffle_loc={self.config.embedding_config.pixel_shuffle_loc!r}: use the default dynamic cache"
             )
-        cache.layers.extend(extra)
+        cache.layers.extend(_empty_layer_like(template) for _ in range(total - len(cache.layers)))
         return cache
 
-    @staticmethod
-    def _use_float32_layers(cache: Cache) -> None:
-        """Swap a fresh cache's dynamic or static layers for their float32 twins (`sdpa_float32_kv`); layers already
-        holding states, and other layer types (sliding, quantized, offloaded), stay as they are."""
-        float32_class = _FLOAT32_LAYER_TYPES.get(getattr(cache, "layer_class_to_replicate", None))
-        if float32_class is not None:
-            cache.layer_class_to_replicate = float32_class
+    def _swap_cache_layer_types(self, cache: Cache) -> None:
+        """Put `cache_layer_types` in place of a fresh cache's stock layers; layers already holding states, and
+        other layer types (sliding, quantized, offloaded), stay as they are."""
+        replacement = self.cache_layer_types.get(getattr(cache, "layer_class_to_replicate", None))
+        if replacement is not None:
+            cache.layer_class_to_replicate = replacement
         for index, layer in enumerate(cache.layers):
-            float32_class = _FLOAT32_LAYER_TYPES.get(type(layer))
-            if float32_class is not None and not layer.is_initialized:
-                cache.layers[index] = _empty_layer_like(layer, float32_class)
+            replacement = self.cache_layer_types.get(type(layer))
+            if replacement is not None and not layer.is_initialized:
+                cache.layers[index] = _empty_layer_like(layer, replacement)
 
     # -- image placement ---------------------------------------------------------------------------------------
     def _image_token_mask(self, input_ids: torch.Tensor | None, num_tiles: int) -> torch.Tensor:
@@ -500,12 +480,12 @@ class HoVLEModel(HoVLEPreTrainedModel):
             patches = self.embedding_model.vision_embeddings(pixel_values).reshape(-1, hidden)
             stream_embeds = stream_embeds.masked_scatter(image_slots.unsqueeze(-1), patches.to(stream_embeds.dtype))
 
-        past_mask = getattr(cache, _EMBEDDING_MASK_ATTR, None) if cache is not None else None
-        if cache is not None and past_mask is not None:
+        past_mask = _EMBEDDING_STREAM_MASKS.get(cache) if cache is not None else None
+        if past_mask is not None:
             past_mask = past_mask[:, : cache.get_seq_length(self.num_text_layers)]  # survives `crop()`
         stream_mask = stream_new_mask if past_mask is None else torch.cat([past_mask, stream_new_mask], dim=-1)
         if cache is not None:
-            setattr(cache, _EMBEDDING_MASK_ATTR, stream_mask)
+            _EMBEDDING_STREAM_MASKS[cache] = stream_mask
         query_length = stream_embeds.shape[1]
         stream_positions = positions_from_mask(stream_mask, stream_mask.shape[1] - query_length, query_length, device)
         stream_out = self.embedding_model(stream_embeds, stream_mask, stream_positions, cache)
@@ -519,8 +499,9 @@ class HoVLEModel(HoVLEPreTrainedModel):
         return llm_inputs.masked_scatter(image_mask.unsqueeze(-1), image_tokens.to(llm_inputs.dtype))
 
 
-class HoVLEForConditionalGeneration(HoVLEPreTrainedModel, GenerationMixin):
-    """HoVLE with its LM head: what `AutoModel` and `AutoModelForImageTextToText` load."""
+class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, GenerationMixin):
+    """HoVLE with its LM head: what `AutoModel` and `AutoModelForImageTextToText` load; with the original
+    release's `chat()`/`batch_chat()` (`chat_hovle`)."""
 
     _tp_plan = {"lm_head": "colwise_gather_output"}
 
@@ -590,86 +571,6 @@ class HoVLEForConditionalGeneration(HoVLEPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
         )
-
-    # -- the original release's chat API: thin wrappers over the chat template and generate() ------------------
-    def chat(
-        self,
-        tokenizer,
-        pixel_values: torch.Tensor | None,
-        question: str,
-        generation_config: dict | None = None,
-        history: list[tuple[str, str]] | None = None,
-        return_history: bool = False,
-        num_patches_list: list[int] | None = None,
-        **legacy_kwargs,
-    ):
-        """`model.chat(tokenizer, pixel_values, question, generation_config)` as in `OpenGVLab/HoVLE`."""
-        if num_patches_list is None:
-            num_patches_list = [pixel_values.shape[0]] if pixel_values is not None else []
-        replies = self._generate_replies(
-            tokenizer, pixel_values, [question], [num_patches_list], generation_config, [history or []]
-        )
-        if return_history:
-            return replies[0], [*(history or []), (question, replies[0])]
-        return replies[0]
-
-    def batch_chat(
-        self,
-        tokenizer,
-        pixel_values: torch.Tensor | None,
-        questions: list[str],
-        generation_config: dict | None = None,
-        num_patches_list: list[int] | None = None,
-        history=None,
-        return_history: bool = False,
-        image_counts: list[int] | None = None,
-        **legacy_kwargs,
-    ) -> list[str]:
-        """`model.batch_chat(tokenizer, pixel_values, questions, generation_config, num_patches_list=...)`: one
-        image per question (`num_patches_list[i]` tiles), or `image_counts[i]` images per question."""
-        if history is not None or return_history:
-            raise NotImplementedError("batch_chat has no history (as in the original release)")
-        if num_patches_list is None:
-            num_patches_list = [pixel_values.shape[0]] if pixel_values is not None else []
-        counts = image_counts or ([1] * len(questions) if num_patches_list else [0] * len(questions))
-        if sum(counts) != len(num_patches_list):
-            raise ValueError(f"{len(num_patches_list)} images (num_patches_list) for image counts {counts}")
-        per_question, start = [], 0
-        for count in counts:
-            per_question.append(list(num_patches_list[start : start + count]))
-            start += count
-        return self._generate_replies(
-            tokenizer, pixel_values, questions, per_question, generation_config, [[] for _ in questions]
-        )
-
-    def _generate_replies(self, tokenizer, pixel_values, questions, tiles_per_question, generation_config, histories):
-        if pixel_values is not None and pixel_values.shape[0] != sum(map(sum, tiles_per_question)):
-            raise ValueError(
-                f"pixel_values has {pixel_values.shape[0]} tiles but num_patches_list adds up to "
-                f"{sum(map(sum, tiles_per_question))}"
-            )
-        template = getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATE
-        prompts = []
-        for question, tiles, history in zip(questions, tiles_per_question, histories, strict=True):
-            messages = [
-                m for q, a in history for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})
-            ]
-            messages.append({"role": "user", "content": add_missing_placeholders(question, len(tiles))})
-            prompt = tokenizer.apply_chat_template(
-                messages, chat_template=template, tokenize=False, add_generation_prompt=True
-            )
-            prompts.append(expand_image_placeholders(prompt, tiles, self.config.tokens_per_tile))
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(self.device)
-        end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-        settings = {"eos_token_id": end_of_turn, "pad_token_id": tokenizer.pad_token_id, **(generation_config or {})}
-        if pixel_values is not None:
-            pixel_values = pixel_values.to(self.device, self.dtype)
-        output = self.generate(**inputs, pixel_values=pixel_values, **settings)
-        replies = []
-        for row in output[:, inputs["input_ids"].shape[1] :].tolist():
-            row = row[: row.index(end_of_turn)] if end_of_turn in row else row
-            replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-        return replies
 
 
 __all__ = ["HoVLEForConditionalGeneration", "HoVLEModel", "HoVLEPreTrainedModel"]

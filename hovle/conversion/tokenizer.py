@@ -357,7 +357,7 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, config):
     processor, configured from the model config (tile size, tile limits)."""
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-    from hovle.processing_hovle import CHAT_TEMPLATE, HoVLEProcessor
+    from ..processing_hovle import CHAT_TEMPLATE, HoVLEProcessor
 
     side = config.embedding_config.image_size
     image_processor = GotOcr2ImageProcessorPil(

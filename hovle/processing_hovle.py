@@ -75,6 +75,16 @@ def expand_image_placeholders(text: str, num_tiles: list[int], tokens_per_tile: 
     return re.sub(re.escape(IMAGE_PLACEHOLDER), lambda _: image_token_block(next(tiles), tokens_per_tile), text)
 
 
+def decode_reply(tokenizer, new_token_ids) -> str:
+    """The assistant's reply from the tokens generated after the prompt: cut at `<|im_end|>`, decoded without special
+    tokens and stripped, as the original `chat()` returned it."""
+    ids = [int(i) for i in new_token_ids]
+    end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    if end in ids:
+        ids = ids[: ids.index(end)]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
 def add_missing_placeholders(text: str, num_images: int) -> str:
     """The original chat() convention for a question with images but no `<image>`."""
     if num_images == 0 or IMAGE_PLACEHOLDER in text:
@@ -162,11 +172,12 @@ class HoVLEProcessor(ProcessorMixin):
             start += count
         return grouped
 
-    def __call__(self, images=None, text=None, max_patches: int | None = None, **kwargs) -> BatchFeature:
+    def __call__(self, images=None, text=None, max_tiles: int | None = None, **kwargs) -> BatchFeature:
         r"""
         images: one image, a list (matched to the `<image>` placeholders in order) or one list per text.
         text: a string or a list of strings (chat-template output or raw text).
-        max_patches: the most tiles per image (6 by default; the thumbnail comes on top).
+        max_tiles: the most tiles per image (6 by default; the thumbnail comes on top). `max_patches`, the name
+            transformers' image processor gives it, is accepted too.
         Other keyword arguments go to the tokenizer (`padding`, `return_tensors`, ...).
         """
         if text is None:
@@ -174,9 +185,9 @@ class HoVLEProcessor(ProcessorMixin):
         return_tensors = kwargs.pop("return_tensors", None)
         for key in ("images_kwargs", "text_kwargs", "processor_kwargs"):
             kwargs.update(kwargs.pop(key, None) or {})
-        max_patches = kwargs.pop("max_patches", max_patches)
+        max_tiles = kwargs.pop("max_patches", max_tiles)
         image_kwargs = {key: kwargs.pop(key) for key in ("min_patches", "crop_to_patches") if key in kwargs}
-        expanded, pixel_values = self.expand_texts(text, images, max_patches=max_patches, **image_kwargs)
+        expanded, pixel_values = self.expand_texts(text, images, max_tiles=max_tiles, **image_kwargs)
 
         kwargs.setdefault("padding", len(expanded) > 1)
         kwargs.setdefault("padding_side", "left")
@@ -186,12 +197,12 @@ class HoVLEProcessor(ProcessorMixin):
             data["pixel_values"] = pixel_values
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def expand_texts(self, text, images=None, max_patches: int | None = None, **image_kwargs):
+    def expand_texts(self, text, images=None, max_tiles: int | None = None, **image_kwargs):
         """Tile the images and expand the placeholders: (expanded texts, pixel values of all tiles or None)."""
         texts = [text] if isinstance(text, str) else list(text)
         per_text = self._images_per_text(images, texts)
-        if max_patches is not None:
-            image_kwargs["max_patches"] = max_patches
+        if max_tiles is not None:
+            image_kwargs["max_patches"] = max_tiles  # the image processor's name for it
         pixel_values, expanded = [], []
         for sample_text, sample_images in zip(texts, per_text, strict=True):
             sample_text = add_missing_placeholders(sample_text, len(sample_images))
@@ -209,20 +220,13 @@ class HoVLEProcessor(ProcessorMixin):
         """Decode generated ids (generation itself stops at `<|im_end|>`, the generation config's eos)."""
         return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 
-    def decode_reply(self, new_token_ids) -> str:
-        """The assistant's reply from the tokens generated after the prompt, cut at `<|im_end|>` (as `chat()`)."""
-        ids = [int(i) for i in new_token_ids]
-        end = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
-        if end in ids:
-            ids = ids[: ids.index(end)]
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-
 
 __all__ = [
     "CHAT_TEMPLATE",
     "DEFAULT_SYSTEM_MESSAGE",
     "HoVLEProcessor",
     "add_missing_placeholders",
+    "decode_reply",
     "expand_image_placeholders",
     "open_image",
 ]

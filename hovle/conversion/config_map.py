@@ -7,8 +7,7 @@ from typing import Any
 
 from transformers import LlamaConfig
 
-from hovle.configuration_hovle import HoVLEConfig, HoVLEEmbeddingConfig
-
+from ..configuration_hovle import HoVLEConfig, HoVLEEmbeddingConfig
 from .checkpoint_io import CheckpointError
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 
     hovle train --model DIR --data train.jsonl --stage 3 --output OUT [--lora both] [--max-steps 1000] ...
     torchrun --nproc_per_node 8 -m hovle.training.train --model DIR --data train.jsonl --stage 3 --output OUT
-    accelerate launch --config_file training/configs/fsdp.yaml -m hovle.training.train ...
+    accelerate launch --config_file "$(python -c "import hovle.training as t; print(t.accelerate_config('fsdp'))")" \
+        -m hovle.training.train ...
 
 Data (JSON lines):
 * stages 2 and 3: `{"messages": [chat messages], "images": ["path.jpg", ...]}`; labels cover the assistant replies;
@@ -21,9 +22,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
 
-from hovle.training.collator import HoVLEChatCollator
-from hovle.training.distillation import DistillationCollator, DistillationTrainer, check_teacher
-from hovle.training.stages import STAGES, apply_stage
+from .collator import HoVLEChatCollator
+from .distillation import DistillationCollator, DistillationTrainer, check_teacher
+from .stages import STAGES, apply_stage
 
 # `gradient_checkpointing` became `activation_checkpointing` in 5.2x (the old name warns there).
 CHECKPOINTING_FIELD = (
@@ -57,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hovle train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="converted HoVLE folder or Hub id")
     parser.add_argument("--data", required=True, help="JSON lines file")
     parser.add_argument("--stage", type=int, required=True, choices=sorted(STAGES))
@@ -68,13 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--optim", default="adamw_torch")
-    parser.add_argument("--max-patches", type=int, default=6)
+    parser.add_argument("--max-tiles", type=int, default=6, help="most tiles per image")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--sequential", action="store_true", help="no shuffling (reproducible comparisons)")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--cpu", action="store_true", help="train on CPU (gloo for multi-process)")
     parser.add_argument("--seed", type=int, default=0)
-    return parser
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -85,7 +90,7 @@ def run(args: argparse.Namespace) -> Path:
     if args.lora:
         from peft import get_peft_model
 
-        from hovle.training.lora import lora_config
+        from .lora import lora_config
 
         model = get_peft_model(model, lora_config(args.lora))
     training_args = TrainingArguments(
@@ -119,19 +124,19 @@ def run(args: argparse.Namespace) -> Path:
             args=training_args,
             train_dataset=dataset,
             teacher=teacher,
-            data_collator=DistillationCollator(processor, args.max_patches),
+            data_collator=DistillationCollator(processor, args.max_tiles),
         )
     else:
         trainer = Trainer(
             model=model,
             args=training_args,
             train_dataset=dataset,
-            data_collator=HoVLEChatCollator(processor, args.max_patches),
+            data_collator=HoVLEChatCollator(processor, args.max_tiles),
         )
     trainer.train()
     if trainer.is_world_process_zero():
         if args.lora:
-            from hovle.training.lora import merge_and_save
+            from .lora import merge_and_save
 
             merge_and_save(trainer.model, args.output, processor)
         else:

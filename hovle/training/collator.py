@@ -28,14 +28,14 @@ def assistant_spans(text: str) -> list[tuple[int, int]]:
 
 
 class HoVLEChatCollator:
-    def __init__(self, processor, max_patches: int | None = None):
+    def __init__(self, processor, max_tiles: int | None = None):
         self.processor = processor
-        self.max_patches = max_patches
+        self.max_tiles = max_tiles
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         prompts = [self.processor.apply_chat_template(s["messages"], tokenize=False) for s in samples]
         images = [list(s.get("images") or []) for s in samples]
-        expanded, pixel_values = self.processor.expand_texts(prompts, images, max_patches=self.max_patches)
+        expanded, pixel_values = self.processor.expand_texts(prompts, images, max_tiles=self.max_tiles)
         encoded = self.processor.tokenizer(
             expanded, padding=True, padding_side="left", return_offsets_mapping=True, return_tensors="pt"
         )

@@ -1,0 +1,31 @@
+"""HoVLE, the monolithic vision-language model (arXiv:2412.16158, CVPR 2025), for transformers 5.x.
+
+The model, configuration, processor and chat layer are also what a converted Hub folder ships as remote code.
+Submodules: `conversion` (original checkpoint <-> transformers folder), `training` (the paper's three stages),
+`cpu_decoding`, `quantization`, `testing` (offline fixtures), `cli` (the `hovle` command).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.2.0"
+
+# Imported on first use, so that `hovle --help` and `import hovle.conversion...` do not load the model stack.
+_LAZY = {
+    "HoVLEConfig": "configuration_hovle",
+    "HoVLEEmbeddingConfig": "configuration_hovle",
+    "HoVLEForConditionalGeneration": "modeling_hovle",
+    "HoVLEModel": "modeling_hovle",
+    "HoVLEPreTrainedModel": "modeling_hovle",
+    "HoVLEProcessor": "processing_hovle",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [*_LAZY, "__version__"]

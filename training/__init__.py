@@ -1,1 +1,0 @@
-"""Training helpers: stage presets (which parameters train) and a chat-format data collator."""
