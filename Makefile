@@ -3,7 +3,7 @@ VENV ?= .venv
 OLDEST_TRANSFORMERS ?= 5.17.0
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-oldest lint format bench
+.PHONY: install demo test test-fast test-oldest check-dist lint format bench
 
 install:
 	scripts/install.sh $(VENV)
@@ -15,14 +15,20 @@ demo: install            ## `hovle chat` on the embedded default: a tiny untrain
 test: install            ## the whole suite (a few minutes on 2 cores)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
-test-oldest:             ## the suite on the oldest supported transformers (setup.py's floor)
+test-fast: install       ## the suite without child processes, multi-process runs and compiles
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+check-dist:              ## wheel + sdist build, wheel install in a fresh venv, CLI help, the sdist's fast tests
+	scripts/check_dist.sh
+
+test-oldest:             ## the suite on the oldest supported transformers (pyproject.toml's floor)
 	scripts/install.sh .venv-oldest $(OLDEST_TRANSFORMERS)
 	HF_HUB_OFFLINE=1 .venv-oldest/bin/python -m pytest -q tests
 
 LINT_VENV ?= .venv-lint
 
 $(LINT_VENV)/bin/ruff:   # ruff alone: linting needs neither torch nor the package
-	python3 -m venv $(LINT_VENV) && $(LINT_VENV)/bin/pip install --quiet "ruff>=0.6"
+	python3 -m venv $(LINT_VENV) && $(LINT_VENV)/bin/pip install --quiet "ruff==0.17.6"
 
 lint: $(LINT_VENV)/bin/ruff
 	$(LINT_VENV)/bin/ruff check . && $(LINT_VENV)/bin/ruff format --check .

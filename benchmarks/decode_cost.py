@@ -12,20 +12,29 @@ prefill cost cancels out. Random weights: decoding cost does not depend on their
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
-
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from hovle.configuration_hovle import HoVLEConfig
 from hovle.modeling_hovle import HoVLEForConditionalGeneration
+
+from common import (
+    argument_parser,
+    best_of,
+    greedy_generate,
+    image_prompt,
+    llama_config_like,
+    random_pixels,
+    text_prompt_like,
+    write_json,
+)
 
 VOCAB, IMAGE_TOKEN = 92553, 92546
 
 
 def build(hidden: int, dtype: torch.dtype):
+    """HoVLE of width `hidden` (8 + 24 layers, the release's vocabulary and 448 px tiles) and its floor, a plain
+    32-layer `LlamaForCausalLM` of the same width and vocabulary."""
     shared = dict(
         hidden_size=hidden,
         intermediate_size=4 * hidden,
@@ -39,36 +48,26 @@ def build(hidden: int, dtype: torch.dtype):
         image_token_id=IMAGE_TOKEN,
     )
     config._attn_implementation = "sdpa"
-    floor_config = LlamaConfig(
-        **shared, num_hidden_layers=32, rope_parameters={"rope_type": "default", "rope_theta": 1e6}
-    )
-    floor_config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     hovle = HoVLEForConditionalGeneration(config).to(dtype).eval()
-    floor = LlamaForCausalLM(floor_config).to(dtype).eval()
+    floor = LlamaForCausalLM(llama_config_like(config)).to(dtype).eval()
     return hovle, floor, config
-
-
-def timed_generate(model, new_tokens: int, use_cache: bool, **inputs) -> float:
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(
-            **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache
-        )
-    elapsed = time.perf_counter() - start
-    assert out.shape[1] == inputs["input_ids"].shape[1] + new_tokens
-    return elapsed
 
 
 def per_token(model, new_tokens: int, repeats: int, use_cache: bool = True, **inputs) -> float:
     """Best-of-`repeats` seconds per decoded token, prefill excluded."""
-    one = min(timed_generate(model, 1, use_cache, **inputs) for _ in range(repeats))
-    many = min(timed_generate(model, 1 + new_tokens, use_cache, **inputs) for _ in range(repeats))
+
+    def generate(count: int) -> None:
+        out = greedy_generate(model, count, use_cache=use_cache, **inputs)
+        assert out.shape[1] == inputs["input_ids"].shape[1] + count
+
+    one = best_of(lambda: generate(1), repeats)
+    many = best_of(lambda: generate(1 + new_tokens), repeats)
     return (many - one) / new_tokens
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--hidden", type=int, default=1024, help="model width (the release: 2048)")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--recompute-tokens", type=int, default=4, help="tokens for the slow no-cache baseline")
@@ -80,10 +79,9 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
 
     hovle, floor, config = build(args.hidden, dtype)
-    image = [config.image_start_token_id] + [IMAGE_TOKEN] * config.tokens_per_tile + [config.image_end_token_id]
-    prompt = torch.tensor([[1, *image, *range(100, 100 + args.text_tokens)]])
-    pixels = torch.randn(1, 3, 448, 448, dtype=dtype)
-    floor_prompt = torch.randint(100, 1000, prompt.shape)
+    prompt = image_prompt(config, 1, args.text_tokens, first_text_id=100)
+    pixels = random_pixels(config, 1, dtype)
+    floor_prompt = text_prompt_like(prompt)
 
     results = {
         "hidden": args.hidden,
@@ -92,7 +90,7 @@ def main() -> None:
         "prompt_tokens": prompt.shape[1],
         "threads": torch.get_num_threads(),
     }
-    # Interleave the two cached measurements so machine noise hits both alike.
+    # Interleave the two cached measurements so timing noise hits both alike.
     hovle_s = per_token(hovle, args.new_tokens, args.repeats, input_ids=prompt, pixel_values=pixels)
     floor_s = per_token(floor, args.new_tokens, args.repeats, input_ids=floor_prompt)
     hovle_s = min(hovle_s, per_token(hovle, args.new_tokens, args.repeats, input_ids=prompt, pixel_values=pixels))
@@ -111,9 +109,7 @@ def main() -> None:
     print(f"| plain LlamaForCausalLM, 32 layers, cached (floor) | {floor_s * 1e3:.1f} |")
     print(f"| HoVLE, full recomputation per token | {recompute_s * 1e3:.1f} |")
     print(f"ratio to floor: {hovle_s / floor_s:.3f}x; speed-up over full recomputation: {recompute_s / hovle_s:.1f}x")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Full-size bf16 decoding and prefill on this machine, each side by side with its floor in one run.
+"""Full-size bf16 decoding and prefill on the CPU, each side by side with its floor in one run.
 
     python benchmarks/full_size_compute.py /big/work/converted-bf16 [--new-tokens 64] [--json out.json]
 
@@ -20,14 +20,16 @@
   - the memory-bandwidth bound: streaming every weight byte once (a sum over every parameter).
   The greedy tokens of every path must equal the dynamic path's.
 * Prefill of a 7-tile image (6 + thumbnail) + 30 text tokens against a plain 32-layer `LlamaForCausalLM` of the
-  same width and vocabulary on the same sequence length (both computing only the last position's logits).
+  same width and vocabulary on the same sequence length (both computing only the last position's logits, one run
+  each).
+
+MODEL is a converted bf16 folder: `benchmarks/make_full_size.py` writes a random full-size checkpoint in the
+release layout and `benchmarks/full_size_io.py` converts it (WORK/converted-bf16).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import itertools
 import json
 import statistics
 import time
@@ -35,47 +37,34 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForImageTextToText, LlamaConfig, LlamaForCausalLM
-from transformers.generation.streamers import BaseStreamer
+from transformers import AutoModelForImageTextToText
 
-from hovle.cpu_decoding import compiled_decoding_config
+from hovle.cpu_decoding import FLOAT32_KV_ATTENTION, compiled_decoding_config, use_float32_cache
 from hovle.quantization import Int8WeightOnlyLinear, quantize_linear_int8
 
-
-class TokenClock(BaseStreamer):
-    """Records the time at which `generate()` emits each new token (the first `put` is the prompt)."""
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def put(self, value) -> None:
-        self.stamps.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
-
-    def step_seconds(self) -> list[float]:
-        # stamps[0]: prompt, stamps[1]: first new token (after the prefill); the gaps after it are decoding steps.
-        return [later - earlier for earlier, later in itertools.pairwise(self.stamps[1:])]
+from common import (
+    StepClock,
+    argument_parser,
+    best_of,
+    greedy_generate,
+    image_prompt,
+    llama_like,
+    prefill,
+    random_pixels,
+    repeated,
+    text_prompt_like,
+    write_json,
+)
 
 
-def repeated(function, repeats: int) -> list[float]:
-    """Wall time of each of `repeats` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def best_of(function, repeats: int) -> float:
-    return min(repeated(function, repeats))
-
-
-def prompt_ids(config, tiles: int, text_tokens: int) -> torch.Tensor:
-    image = [config.image_start_token_id] + [config.image_token_id] * (tiles * config.tokens_per_tile)
-    return torch.tensor([[1, *image, config.image_end_token_id, *range(1000, 1000 + text_tokens)]])
+def set_attention(model, attention: str) -> None:
+    """Switch the model to `attention`. `sdpa_float32_kv` also keeps keys and values in float32 (dynamic and static
+    caches), as `hovle.cpu_decoding.use_float32_cache` sets it up; any other attention undoes that."""
+    if attention == FLOAT32_KV_ATTENTION:
+        use_float32_cache(model)
+    else:
+        model.set_attn_implementation(attention)
+        model.model.cache_layer_types = {}
 
 
 def replay_layers(model: torch.nn.Module, vectors: dict[int, torch.Tensor]) -> None:
@@ -104,7 +93,7 @@ def compare_greedy(reference: tuple[list[int], torch.Tensor], other: tuple[list[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("model", type=Path, help="converted bf16 folder")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--skip-prefill", action="store_true")
@@ -120,34 +109,16 @@ def main() -> None:
 
     # -- prefill ---------------------------------------------------------------------------------------------
     if not args.skip_prefill:
-        ids7 = prompt_ids(config, 7, 30)
-        pixels7 = torch.randn(7, 3, 448, 448, dtype=torch.bfloat16)
-        text = config.text_config
-        floor_config = LlamaConfig(
-            vocab_size=text.vocab_size,
-            hidden_size=text.hidden_size,
-            intermediate_size=text.intermediate_size,
-            num_hidden_layers=text.num_hidden_layers + config.embedding_config.num_hidden_layers,
-            num_attention_heads=text.num_attention_heads,
-            num_key_value_heads=text.num_key_value_heads,
-            rope_parameters=text.rope_parameters,
-            max_position_embeddings=text.max_position_embeddings,
-        )
-        floor_config._attn_implementation = config._attn_implementation
-        with torch.device("meta"):
-            floor = LlamaForCausalLM(floor_config)
-        floor = floor.to_empty(device="cpu").to(torch.bfloat16).eval()
-        for parameter in floor.parameters():
-            torch.nn.init.normal_(parameter, std=0.02)
-        floor_ids = torch.randint(100, 1000, ids7.shape)
+        ids7 = image_prompt(config, 7)
+        pixels7 = random_pixels(config, 7, torch.bfloat16)
+        floor = llama_like(config, torch.bfloat16)
+        floor_ids = text_prompt_like(ids7)
 
         def hovle_prefill():
-            with torch.inference_mode():
-                model(input_ids=ids7, pixel_values=pixels7, logits_to_keep=1, use_cache=False)
+            prefill(model, input_ids=ids7, pixel_values=pixels7)
 
         def llama_prefill():
-            with torch.inference_mode():
-                floor(input_ids=floor_ids, logits_to_keep=1, use_cache=False)
+            prefill(floor, input_ids=floor_ids)
 
         hovle_s = best_of(hovle_prefill, 1)
         llama_s = best_of(llama_prefill, 1)
@@ -160,8 +131,8 @@ def main() -> None:
         print(json.dumps(results["prefill"], indent=2), flush=True)
         del floor  # free its 5.2 GB before decoding
     # -- decoding --------------------------------------------------------------------------------------------
-    ids = prompt_ids(config, 1, 30)
-    pixels = torch.randn(1, 3, 448, 448, dtype=torch.bfloat16)
+    ids = image_prompt(config, 1)
+    pixels = random_pixels(config, 1, torch.bfloat16)
 
     matrices = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     vectors = {w.shape[1]: torch.randn(1, 1, w.shape[1], dtype=torch.bfloat16) for w in matrices}
@@ -177,20 +148,17 @@ def main() -> None:
                 parameter.sum()
 
     def decode(**kwargs) -> tuple[list[float], list[int], torch.Tensor]:
-        clock = TokenClock()
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids,
-                pixel_values=pixels,
-                max_new_tokens=args.new_tokens + 1,
-                min_new_tokens=args.new_tokens + 1,
-                do_sample=False,
-                pad_token_id=2,
-                streamer=clock,
-                output_logits=True,
-                return_dict_in_generate=True,
-                **kwargs,
-            )
+        clock = StepClock()
+        out = greedy_generate(
+            model,
+            args.new_tokens + 1,
+            input_ids=ids,
+            pixel_values=pixels,
+            streamer=clock,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **kwargs,
+        )
         logits = torch.cat(out.logits).float()  # (new tokens, vocab)
         return clock.step_seconds(), out.sequences[0, ids.shape[1] :].tolist(), logits
 
@@ -223,7 +191,7 @@ def main() -> None:
     replay_times = repeated(replay, 5)
     decoding, reference = {}, None
     for name, (attention, kwargs) in paths.items():
-        model.set_attn_implementation(attention)
+        set_attention(model, attention)
         if name.startswith("int8"):
             quantize_linear_int8(model)
             int8_replay = functools.partial(replay_layers, model, vectors)
@@ -264,8 +232,7 @@ def main() -> None:
     }
     print(json.dumps(results["decode"], indent=2), flush=True)
 
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ without and with that one-off init.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -26,6 +25,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from common import BENCHMARKS_DIR, argument_parser, write_json
 
 # Library imports happen before the timer starts (a one-off per process, not part of loading); each step's
 # `IMPORTS` are listed with it. Their cost is reported separately by `import_seconds`.
@@ -79,22 +80,13 @@ model = LlamaForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
 for parameter in model.parameters():
     parameter.sum()
 """,
-    "make_llama": """
-import torch
-from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
-hovle = AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True)
-text = hovle.text_config
-config = LlamaConfig(
-    vocab_size=text.vocab_size, hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
-    num_hidden_layers=text.num_hidden_layers + hovle.embedding_config.num_hidden_layers,
-    num_attention_heads=text.num_attention_heads, num_key_value_heads=text.num_key_value_heads,
-)
-with torch.device("meta"):
-    model = LlamaForCausalLM(config)
-model = model.to_empty(device="cpu").to(torch.bfloat16)
-for parameter in model.parameters():
-    torch.nn.init.normal_(parameter, std=0.02)
-model.save_pretrained(sys.argv[2])
+    # Writes that reference model (random bf16 weights) once; not timed.
+    "make_llama": f"""
+from transformers import AutoConfig
+sys.path.insert(0, {str(BENCHMARKS_DIR)!r})
+from common import llama_like
+config = AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True)
+llama_like(config, torch.bfloat16).save_pretrained(sys.argv[2])
 """,
 }
 
@@ -176,7 +168,7 @@ def folder_bytes(folder: Path, pattern: str = "*.safetensors") -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("source", type=Path)
     parser.add_argument("work", type=Path)
     parser.add_argument("--json")
@@ -210,7 +202,7 @@ def main() -> None:
     weight_bytes = folder_bytes(converted)
     results["converted_gb"] = weight_bytes / 1e9
     # Cold: the first load after a reboot or download, files read from disk (the case that matters for users).
-    # Disk reads on this machine vary by +-30 % from run to run, so the two sides alternate and medians are compared.
+    # Disk reads can vary by +-30 % from run to run, so the two sides alternate and medians are compared.
     if drop_page_cache():
         cold_reading, cold_loading = [], []
         for _ in range(args.cold_repeats):
@@ -220,7 +212,7 @@ def main() -> None:
             cold_loading.append(run_step("from_pretrained", str(converted)))
         results["cold"] = load_summary(cold_reading, cold_loading)
     # Warm: files already in the page cache; fixed per-call overheads dominate a read of a few tenths of a second,
-    # which varies by +-50 % from process to process here: the two sides alternate, more often than cold.
+    # which can vary by +-50 % from process to process: the two sides alternate, more often than cold.
     warm_reading, warm_loading = alternate(converted, "from_pretrained", args.warm_repeats)
     results["warm"] = load_summary(warm_reading, warm_loading)
     if args.llama_reference:
@@ -232,8 +224,7 @@ def main() -> None:
         )
     results["load_peak_rss_ratio_to_weights"] = max(r["peak_rss_gb"] for r in warm_loading) / (weight_bytes / 1e9)
     print(json.dumps(results, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

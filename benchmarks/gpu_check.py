@@ -5,101 +5,80 @@
 Needs no download: the model is built at full size from the release config with random weights directly on the
 GPU (speed does not depend on the values). Workload as the paper's throughput figure: 768 image tokens (3 tiles)
 + 30 text tokens, greedy, `--new-tokens` new tokens; plus the prefill of a 7-tile image. Backends: sdpa, and
-flash_attention_2 when `flash_attn` is importable. Each backend's result (or its error) goes into OUT.json.
-Designed to finish well under 8 minutes on an H100/H200.
+flash_attention_2 when `flash_attn` is importable; then the floor, a plain 32-layer `LlamaForCausalLM` of the same
+width and vocabulary decoding after a prompt of the same length (sdpa), and sdpa with a static cache under
+`torch.compile(mode="reduce-overhead")`. The decoding figure is the median gap between consecutive decoding steps
+of one `generate()` (after a warm-up call). Each backend's result (or its error) goes into OUT.json as soon as it is
+known. Designed to finish well under 8 minutes on an H100 or H200.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
+import statistics
 import time
 
 import torch
-import transformers
+from transformers import LogitsProcessorList
 
-from hovle.conversion.config_map import hovle_config_from_original
 from hovle.modeling_hovle import HoVLEForConditionalGeneration
-from hovle.testing import release_original_config
 
+from common import (
+    StepClock,
+    argument_parser,
+    attempt,
+    best_of,
+    cuda_environment,
+    full_size_config,
+    greedy_generate,
+    image_prompt,
+    llama_like,
+    prefill,
+    random_pixels,
+    text_prompt_like,
+    timed,
+    write_json,
+)
 
-def timed(function) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    function()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def prompt(config, tiles: int, text_tokens: int = 30) -> torch.Tensor:
-    image = [config.image_start_token_id] + [config.image_token_id] * (tiles * config.tokens_per_tile)
-    return torch.tensor([[1, *image, config.image_end_token_id, *range(1000, 1000 + text_tokens)]], device="cuda")
-
-
-class StepClock:
-    """A logits processor that timestamps every decoding step (after a device sync)."""
-
-    def __init__(self):
-        self.stamps = []
-
-    def __call__(self, input_ids, scores):
-        torch.cuda.synchronize()
-        self.stamps.append(time.perf_counter())
-        return scores
+SYNC = torch.cuda.synchronize
 
 
 def decode_ms_per_token(model, ids, new_tokens: int, **inputs) -> float:
     """Median time between consecutive decoding steps of one generate() call (same shapes every call, so a
     compiled model compiles once in the warm-up)."""
-    from transformers import LogitsProcessorList
-
-    kwargs = dict(do_sample=False, pad_token_id=2, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **inputs)
-    with torch.inference_mode():
-        model.generate(input_ids=ids, **kwargs)  # warm-up (kernels, allocator, compilation)
-        clock = StepClock()
-        model.generate(input_ids=ids, logits_processor=LogitsProcessorList([clock]), **kwargs)
-    steps = sorted(b - a for a, b in zip(clock.stamps, clock.stamps[1:], strict=False))
-    return steps[len(steps) // 2] * 1e3
+    greedy_generate(model, new_tokens, input_ids=ids, **inputs)  # warm-up (kernels, allocator, compilation)
+    clock = StepClock(synchronize=SYNC)
+    greedy_generate(model, new_tokens, input_ids=ids, logits_processor=LogitsProcessorList([clock]), **inputs)
+    return statistics.median(clock.step_seconds()) * 1e3
 
 
 def run_llama_floor(attn: str, new_tokens: int) -> dict:
     """A plain 32-layer LlamaForCausalLM of the same width and vocabulary, same prompt length: the floor."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    text = hovle_config_from_original(release_original_config()).text_config
-    config = LlamaConfig(**{**text.to_dict(), "num_hidden_layers": 32})
-    config._attn_implementation = attn
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config)
-    model = model.to(torch.bfloat16).eval()
-    ids = torch.randint(100, 1000, (1, 801), device="cuda")
+    config = full_size_config(attn_implementation=attn)
+    model = llama_like(config, torch.bfloat16, device="cuda")
+    ids = text_prompt_like(image_prompt(config, 3, device="cuda"))
     return {"decode_ms_per_token": decode_ms_per_token(model, ids, new_tokens)}
 
 
 def run_backend(attn: str, new_tokens: int, static_compiled: bool = False) -> dict:
-    config = hovle_config_from_original(release_original_config())
-    config._attn_implementation = attn
+    config = full_size_config(attn_implementation=attn)
     with torch.device("cuda"):  # random init straight on the GPU (fast); values do not affect speed
         model = HoVLEForConditionalGeneration(config)
     model = model.to(torch.bfloat16).eval()
     result = {"parameters": sum(p.numel() for p in model.parameters())}
-    ids = prompt(config, 3)
+    ids = image_prompt(config, 3, device="cuda")
+    pixels = random_pixels(config, 3, torch.bfloat16, device="cuda")
     if static_compiled:
-        pixels = torch.randn(3, 3, 448, 448, device="cuda", dtype=torch.bfloat16)
         model.forward = torch.compile(model.forward, mode="reduce-overhead", dynamic=False)
         ms = decode_ms_per_token(model, ids, new_tokens, pixel_values=pixels, cache_implementation="static")
         return {"decode_ms_per_token": ms, "decode_tokens_per_s": 1e3 / ms}
-    pixels = torch.randn(3, 3, 448, 448, device="cuda", dtype=torch.bfloat16)
-    kwargs = dict(do_sample=False, pad_token_id=2)
 
     def generate(n):
-        with torch.inference_mode():
-            model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=n, min_new_tokens=n, **kwargs)
+        greedy_generate(model, n, input_ids=ids, pixel_values=pixels)
 
     generate(4)  # warm-up (kernels, allocator)
-    one = min(timed(lambda: generate(1)) for _ in range(3))
-    full = timed(lambda: generate(1 + new_tokens))
+    one = best_of(lambda: generate(1), 3, SYNC)
+    full = timed(lambda: generate(1 + new_tokens), SYNC)
     step_ms = decode_ms_per_token(model, ids, new_tokens, pixel_values=pixels)
     result.update(
         prompt_tokens=ids.shape[1],
@@ -109,30 +88,25 @@ def run_backend(attn: str, new_tokens: int, static_compiled: bool = False) -> di
         decode_tokens_per_s=1e3 / step_ms,
         end_to_end_tokens_per_s=(1 + new_tokens) / full,
     )
-    ids7, pixels7 = prompt(config, 7), torch.randn(7, 3, 448, 448, device="cuda", dtype=torch.bfloat16)
+    ids7 = image_prompt(config, 7, device="cuda")
+    pixels7 = random_pixels(config, 7, torch.bfloat16, device="cuda")
 
     def prefill7():
-        with torch.inference_mode():
-            model(input_ids=ids7, pixel_values=pixels7, logits_to_keep=1, use_cache=False)
+        prefill(model, input_ids=ids7, pixel_values=pixels7)
 
     prefill7()
-    result["prefill_7_tiles_ms"] = min(timed(prefill7) for _ in range(3)) * 1e3
+    result["prefill_7_tiles_ms"] = best_of(prefill7, 3, SYNC) * 1e3
     result["sequence_7_tiles"] = ids7.shape[1]
     result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("out")
     parser.add_argument("--new-tokens", type=int, default=256)
     args = parser.parse_args()
-    report = {
-        "gpu": torch.cuda.get_device_name(0),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "flash_attn_importable": importlib.util.find_spec("flash_attn") is not None,
-    }
+    report = cuda_environment()
     runs = {"sdpa": lambda: run_backend("sdpa", args.new_tokens)}
     if report["flash_attn_importable"]:
         runs["flash_attention_2"] = lambda: run_backend("flash_attention_2", args.new_tokens)
@@ -140,15 +114,11 @@ def main() -> None:
     runs["sdpa_static_compiled"] = lambda: run_backend("sdpa", args.new_tokens, static_compiled=True)
     for attn, run in runs.items():
         start = time.perf_counter()
-        try:
-            report[attn] = run()
-        except Exception as error:  # record and go on to the next backend
-            report[attn] = f"FAILED: {type(error).__name__}: {error}"
+        report[attn] = attempt(run)  # a failure is recorded and the next backend still runs
         torch.cuda.empty_cache()  # the backend's model is gone with run_backend's frame
         torch.cuda.reset_peak_memory_stats()
         print(attn, round(time.perf_counter() - start, 1), "s", json.dumps(report[attn]), flush=True)
-        with open(args.out, "w") as handle:
-            json.dump(report, handle, indent=2)
+        write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-"""A short CUDA check of the core model for a session lent a GPU (no network there; transformers as installed).
+"""A short CUDA correctness check of the core model; needs no network (transformers as installed).
 
     python benchmarks/gpu_check_core.py FIXTURE_DIR OUT_JSON
+
+FIXTURE_DIR is the golden fixture (`tests/fixtures/original_tiny`: `original/`, `expected.json`,
+`expected.safetensors`, the original implementation's outputs on a tiny checkpoint). Checks:
 
 1. the golden fixture converted and loaded with trust_remote_code on CUDA (float32, TF32 off): logits and greedy
    tokens against the original implementation's outputs;
@@ -10,20 +13,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
-import transformers
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from hovle.conversion.to_transformers import convert
 from hovle.modeling_hovle import HoVLEForConditionalGeneration
 from hovle.testing import tiny_config
+
+from common import argument_parser, attempt, cuda_environment, greedy_generate, image_prompt, random_pixels, write_json
 
 
 def golden(fixture: str, device: str) -> dict:
@@ -34,7 +37,7 @@ def golden(fixture: str, device: str) -> dict:
     model = model.to(device).eval()
     expected = load_file(f"{fixture}/expected.safetensors")
     report = {}
-    for case in json.load(open(f"{fixture}/expected.json"))["cases"]:
+    for case in json.loads(Path(fixture, "expected.json").read_text())["cases"]:
         name = case["name"]
         ids = expected[f"{name}.input_ids"].to(device)
         extra = {"pixel_values": expected[f"{name}.pixel_values"].to(device)} if case["tiles"] else {}
@@ -56,11 +59,11 @@ def decoding(loc: str, attn: str, device: str) -> dict:
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(0.0, 0.2)
-    ids = torch.tensor([[1, 5, 6, 1020] + [1022] * 8 + [1021, 7, 8, 9]], device=device)
-    pixels = torch.randn(2, 3, 56, 56, device=device, dtype=torch.bfloat16)
-    kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=2)
-    cached = model.generate(input_ids=ids, pixel_values=pixels, use_cache=True, **kw)[0, ids.shape[1] :]
-    full = model.generate(input_ids=ids, pixel_values=pixels, use_cache=False, **kw)[0, ids.shape[1] :]
+    # BOS, 5, 6, <img> + 2 tiles x 4 <IMG_CONTEXT> + </img>, 7, 8, 9
+    ids = image_prompt(config, 2, text_tokens=3, first_text_id=7, before=(5, 6), device=device)
+    pixels = random_pixels(config, 2, torch.bfloat16, device=device)
+    cached = greedy_generate(model, 12, input_ids=ids, pixel_values=pixels, use_cache=True)[0, ids.shape[1] :]
+    full = greedy_generate(model, 12, input_ids=ids, pixel_values=pixels, use_cache=False)[0, ids.shape[1] :]
     # Left-padded batch: row 0 is the image prompt, row 1 a longer text-only prompt.
     text = torch.tensor([[1] + list(range(30, 50))], device=device)
     width = text.shape[1]
@@ -68,8 +71,8 @@ def decoding(loc: str, attn: str, device: str) -> dict:
     mask = torch.zeros((2, width), dtype=torch.long, device=device)
     batch[0, width - ids.shape[1] :], mask[0, width - ids.shape[1] :] = ids[0], 1
     batch[1], mask[1] = text[0], 1
-    batched = model.generate(input_ids=batch, attention_mask=mask, pixel_values=pixels, **kw)[:, width:]
-    text_alone = model.generate(input_ids=text, **kw)[0, width:]
+    batched = greedy_generate(model, 12, input_ids=batch, attention_mask=mask, pixel_values=pixels)[:, width:]
+    text_alone = greedy_generate(model, 12, input_ids=text)[0, width:]
     return {
         "cached_equals_full": cached.tolist() == full.tolist(),
         "batch_row0_equals_alone": batched[0].tolist() == cached.tolist(),
@@ -79,28 +82,21 @@ def decoding(loc: str, attn: str, device: str) -> dict:
 
 
 def main() -> None:
-    fixture, out_path = sys.argv[1], sys.argv[2]
+    parser = argument_parser(__doc__)
+    parser.add_argument("fixture", metavar="FIXTURE_DIR")
+    parser.add_argument("out", metavar="OUT_JSON")
+    args = parser.parse_args()
     device = "cuda"
     start = time.time()
-    report = {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "gpu": torch.cuda.get_device_name(0),
-        "flash_attn_importable": importlib.util.find_spec("flash_attn") is not None,
-    }
-    try:
-        report["golden_fp32"] = golden(fixture, device)
-    except Exception as error:  # report and go on: the other checks are independent
-        report["golden_fp32"] = f"FAILED: {type(error).__name__}: {error}"
+    report = cuda_environment()
+    # Each check is recorded (or its error) and the next still runs: they are independent.
+    report["golden_fp32"] = attempt(lambda: golden(args.fixture, device))
     backends = ["eager", "sdpa"] + (["flash_attention_2"] if report["flash_attn_importable"] else [])
     for loc in ("pre", "post"):
         for attn in backends:
-            try:
-                report[f"bf16_{loc}_{attn}"] = decoding(loc, attn, device)
-            except Exception as error:
-                report[f"bf16_{loc}_{attn}"] = f"FAILED: {type(error).__name__}: {error}"
+            report[f"bf16_{loc}_{attn}"] = attempt(lambda loc=loc, attn=attn: decoding(loc, attn, device))
     report["seconds"] = round(time.time() - start, 1)
-    json.dump(report, open(out_path, "w"), indent=2)
+    write_json(args.out, report)
     print(json.dumps(report, indent=2))
 
 

@@ -1,61 +1,48 @@
 """Write a random full-size HoVLE checkpoint in the original release layout (float32, three shards of about
-4.94 / 4.73 / 0.76 GB like `OpenGVLab/HoVLE`), one shard in memory at a time.
+4.94 / 4.73 / 0.76 GB like `OpenGVLab/HoVLE`, plus the index and the release's `config.json`). Tensors are drawn
+one at a time (N(0, 0.02), seed 0) and streamed to disk with the converter's own safetensors writer, so memory
+stays at about one tensor. The input of `benchmarks/full_size_io.py`.
 
     python benchmarks/make_full_size.py OUT_DIR
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import math
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from hovle.conversion.config_map import hovle_config_from_original
+from hovle.conversion.checkpoint_io import StreamingSafetensorsWriter
 from hovle.conversion.layout import expected_original_shapes
 from hovle.testing import release_original_config
+
+from common import argument_parser, full_size_config, write_json
 
 SHARD_BYTES = 4_940_000_000  # the release's first shard; the split lands near 4.94 / 4.73 / 0.76 GB
 
 
-def main(out: str) -> None:
-    folder = Path(out)
+def main() -> None:
+    parser = argument_parser(__doc__)
+    parser.add_argument("out", metavar="OUT_DIR")
+    args = parser.parse_args()
+    folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
-    original = release_original_config()
-    shapes = expected_original_shapes(hovle_config_from_original(original))
+    shapes = expected_original_shapes(full_size_config())
     # The release orders its shards LLM-first (language_model.* then embedding_model.*) by key name.
-    keys = sorted(shapes)
-    groups, current, size = [], [], 0
-    for key in keys:
-        numel = 1
-        for dim in shapes[key]:
-            numel *= dim
-        if current and size + numel * 4 > SHARD_BYTES:
-            groups.append(current)
-            current, size = [], 0
-        current.append(key)
-        size += numel * 4
-    groups.append(current)
+    plan = [(key, shapes[key], torch.float32) for key in sorted(shapes)]
+    writer = StreamingSafetensorsWriter(folder, plan, SHARD_BYTES)
     generator = torch.Generator().manual_seed(0)
-    weight_map = {}
     start = time.time()
-    for number, group in enumerate(groups, start=1):
-        name = f"model-{number:05d}-of-{len(groups):05d}.safetensors"
-        tensors = {key: torch.empty(shapes[key]).normal_(0.0, 0.02, generator=generator) for key in group}
-        save_file(tensors, str(folder / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(group, name))
-        print(f"{name}: {sum(t.nbytes for t in tensors.values()) / 1e9:.2f} GB", flush=True)
-        del tensors
-    total = sum(torch.Size(s).numel() * 4 for s in shapes.values())
-    (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
-    )
-    (folder / "config.json").write_text(json.dumps(original, indent=2))
-    print(f"{len(shapes)} tensors, {total / 1e9:.2f} GB in {time.time() - start:.0f} s")
+    for shard, entries in zip(writer.names, writer.shards, strict=True):
+        for key, shape, _ in entries:
+            writer.add(key, torch.empty(shape).normal_(0.0, 0.02, generator=generator))
+        print(f"{shard}: {sum(math.prod(shape) * 4 for _, shape, _ in entries) / 1e9:.2f} GB", flush=True)
+    writer.finish()  # closes the last shard, writes model.safetensors.index.json
+    write_json(folder / "config.json", release_original_config())
+    print(f"{len(plan)} tensors, {writer.total_bytes / 1e9:.2f} GB in {time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

@@ -1,42 +1,29 @@
 """Preprocessing milliseconds per image: the HoVLE processor's image path (transformers' GotOcr2 PIL image
-processor, configured for InternVL tiling) side by side with the plain PIL + numpy implementation of the same
-algorithm that the tests check it against (`tests/reference_tiling.py`), in one run.
+processor, configured for InternVL tiling as `hovle.conversion.tokenizer.build_processor` configures it) side by
+side with the plain PIL + numpy implementation of the same algorithm that the tests check it against
+(`hovle.testing.reference_pixel_values`), in one run. Each figure is the best of `--repeats` calls on a random image;
+the two outputs are checked equal (atol 1e-6) first.
 
     python benchmarks/preprocess_cost.py [--repeats 5] [--json out.json]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_tiling import reference_pixel_values  # noqa: E402
+from hovle.conversion.tokenizer import IMAGENET_MEAN, IMAGENET_STD
+from hovle.testing import reference_pixel_values
 
-from hovle.conversion.tokenizer import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from common import argument_parser, best_of, write_json
 
 # (image size, max tiles) chosen so the grid is 1, 6 and 12 tiles (+ thumbnail when more than one).
 CASES = {"1 tile": ((448, 448), 1), "6 tiles + thumbnail": ((1344, 896), 6), "12 tiles + thumbnail": ((1792, 1344), 12)}
 
 
-def best_ms(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -57,19 +44,18 @@ def main() -> None:
         ours = processor(images=image, max_patches=max_tiles, return_tensors="np")["pixel_values"]
         _, reference = reference_pixel_values(image, max_num=max_tiles)
         assert ours.shape == reference.shape and np.abs(ours - reference).max() < 1e-6
-        ours_ms = best_ms(
+        ours_ms = 1e3 * best_of(
             lambda image=image, tiles=max_tiles: processor(images=image, max_patches=tiles, return_tensors="np"),
             args.repeats,
         )
-        reference_ms = best_ms(
+        reference_ms = 1e3 * best_of(
             lambda image=image, tiles=max_tiles: reference_pixel_values(image, max_num=tiles), args.repeats
         )
         rows[name] = {"tiles": ours.shape[0], "processor_ms": ours_ms, "reference_ms": reference_ms}
         print(
             f"| {width}x{height} | {ours.shape[0]} | {ours_ms:.1f} | {reference_ms:.1f} | {ours_ms / reference_ms:.2f} |"
         )
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Test fixtures and builders, offline and deterministic: tiny checkpoints in the *original* release layout, tiny
-sentencepiece tokenizers, and the release's full-size original `config.json`.
+sentencepiece tokenizers, the release's full-size original `config.json`, and an independent reference
+implementation of InternVL's image tiling (the oracle the processor is checked against).
 
 Used by the tests, the benchmarks and the quick-start demo. A tiny checkpoint's shapes come from the layout's key
 table run backwards over a meta-device model, so it has exactly the keys a real one has, just smaller.
@@ -11,7 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from .configuration_hovle import HoVLEConfig
@@ -211,3 +214,61 @@ def release_original_config(pixel_shuffle_loc: str = "pre") -> dict[str, Any]:
             "pad_token_id": 2,
         },
     }
+
+
+# -- Reference InternVL tiling ------------------------------------------------------------------------------------
+# An independent, plain PIL + numpy implementation of InternVL's dynamic tiling, written from the algorithm's
+# description and the original release's `load_image` code. It deliberately shares no code with the processor
+# (`hovle.processing_hovle`, `hovle.conversion.tokenizer.build_processor`): the tests compare the processor with it,
+# and `benchmarks/preprocess_cost.py` uses it as the baseline.
+
+REFERENCE_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+REFERENCE_IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def closest_grid(width: int, height: int, min_num: int, max_num: int, tile: int) -> tuple[int, int]:
+    """(columns, rows) whose ratio is closest to width/height; on a tie the later grid wins only if the image
+    area exceeds half of that grid's pixel area."""
+    grids = {
+        (i, j)
+        for n in range(min_num, max_num + 1)
+        for i in range(1, n + 1)
+        for j in range(1, n + 1)
+        if min_num <= i * j <= max_num
+    }
+    grids = sorted(grids, key=lambda g: g[0] * g[1])
+    aspect = width / height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in grids:
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and width * height > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def tile_image(image: Image.Image, min_num: int = 1, max_num: int = 6, tile: int = 448, thumbnail: bool = True):
+    """((columns, rows), tiles): the image resized to the grid and cut into `tile`-pixel squares, plus a
+    thumbnail of the whole image when there is more than one tile."""
+    image = image.convert("RGB")
+    cols, rows = closest_grid(image.width, image.height, min_num, max_num, tile)
+    resized = image.resize((tile * cols, tile * rows), Image.Resampling.BICUBIC)
+    tiles = [
+        resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile)) for r in range(rows) for c in range(cols)
+    ]
+    if thumbnail and len(tiles) != 1:
+        tiles.append(image.resize((tile, tile), Image.Resampling.BICUBIC))
+    return (cols, rows), tiles
+
+
+def normalize(tile: Image.Image) -> np.ndarray:
+    """One tile as a (3, H, W) float32 array, scaled to [0, 1] and normalised with the ImageNet mean and std."""
+    array = np.asarray(tile, dtype=np.float32) / 255.0
+    return ((array - REFERENCE_IMAGENET_MEAN) / REFERENCE_IMAGENET_STD).transpose(2, 0, 1)
+
+
+def reference_pixel_values(image: Image.Image, max_num: int = 6, tile: int = 448) -> tuple[tuple[int, int], np.ndarray]:
+    """((columns, rows), pixel values (tiles, 3, tile, tile)) for one image, as the original release computes them."""
+    grid, tiles = tile_image(image, 1, max_num, tile)
+    return grid, np.stack([normalize(t) for t in tiles])

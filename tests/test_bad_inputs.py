@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import build_model, image_prompt
+from helpers import build_model, image_prompt
 from safetensors.torch import load_file, save_file
 
 from hovle.cli import main

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import build_model, image_prompt
+from helpers import build_model, image_prompt
 
 PAD = 2
 STEPS = 8

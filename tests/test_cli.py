@@ -16,6 +16,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_chat_default_model_is_labelled_and_streams(tmp_path):
     from PIL import Image
 
@@ -29,6 +30,7 @@ def test_chat_default_model_is_labelled_and_streams(tmp_path):
     assert result.stdout.strip(), "the streamed reply goes to stdout"
 
 
+@pytest.mark.slow
 def test_chat_reports_bad_image(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
@@ -45,12 +47,14 @@ def test_convert_subcommand(fixture_dir, tmp_path):
         main(["chat", "--image", str(tmp_path / "missing.png"), "q"])
 
 
+@pytest.mark.slow
 def test_chat_int8_runs():
     result = run_cli("chat", "--int8", "--max-new-tokens", "3", "Hello?")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip()
 
 
+@pytest.mark.slow
 def test_chat_bf16_compiled_decoding_runs():
     result = run_cli("chat", "--dtype", "bfloat16", "--compile", "--max-new-tokens", "3", "Hello?")
     assert result.returncode == 0, result.stderr[-3000:]

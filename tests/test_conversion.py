@@ -3,7 +3,7 @@
 import json
 
 import torch
-from conftest import SHAPES_JSON
+from helpers import SHAPES_JSON
 
 from hovle.conversion.checkpoint_io import TensorSource
 from hovle.conversion.config_map import hovle_config_from_original

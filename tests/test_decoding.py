@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import build_model, image_prompt, output_cache
+from helpers import build_model, image_prompt, output_cache
 
 STEPS = 20
 

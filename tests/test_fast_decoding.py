@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import build_model, image_prompt, output_cache
+from helpers import build_model, image_prompt, output_cache
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
@@ -38,6 +38,7 @@ def test_static_cache_equals_dynamic(inputs):
     assert torch.equal(static, dynamic)
 
 
+@pytest.mark.slow
 def test_compiled_decoding_equals_dynamic(inputs):
     model = build_model("pre", "sdpa")
     dynamic = greedy(model, *inputs)
@@ -71,6 +72,7 @@ def test_traceable_dynamic_rope_equals_transformers_dynamic_rope():
     assert not torch.equal(ours.inv_freq, ours.original_inv_freq), "40 positions > 16 must rescale the frequencies"
 
 
+@pytest.mark.slow
 def test_compiled_decoding_is_one_graph_with_dynamic_rope(inputs, tmp_path):
     """The release's LLM uses dynamic rope; its decoding step must still compile to one graph (fullgraph), after a
     save / from_pretrained round trip (which re-initialises the rope buffers by rope type)."""
@@ -111,6 +113,7 @@ def test_float32_kv_attention(inputs):
     assert torch.equal(greedy(float32_kv, ids, pixels.to(torch.bfloat16)), greedy(reference, ids, pixels))
 
 
+@pytest.mark.slow
 def test_fast_cpu_decoding_compiles_over_a_float32_static_cache(inputs):
     """`fast_cpu_decoding(compile=True)`: a float32 static cache (`sdpa_float32_kv` under bf16 weights) and a compiled
     decoding step, following the eager dynamic-cache path of the same attention."""

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reference_tiling import reference_pixel_values
 
 from hovle.conversion.tokenizer import build_processor, convert_tokenizer
 from hovle.processing_hovle import DEFAULT_SYSTEM_MESSAGE
-from hovle.testing import tiny_config, write_tiny_tokenizer
+from hovle.testing import reference_pixel_values, tiny_config, write_tiny_tokenizer
 
 SIZES = [
     (448, 448),

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_model, image_prompt
+from helpers import build_model, image_prompt
 
 from hovle.quantization import Int8WeightOnlyLinear, quantize_linear_int8
 

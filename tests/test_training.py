@@ -1,11 +1,11 @@
-"""Training (issue 4, first part): labels, stage presets with the Trainer, gradient accumulation, checkpointing."""
+"""Training: labels, stage presets with the Trainer, gradient accumulation, checkpointing."""
 
 import copy
 
 import pytest
 import torch
-from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
+from helpers import load_model, samples, train
+from transformers import AutoProcessor
 
 from hovle.training.collator import HoVLEChatCollator
 from hovle.training.stages import apply_stage
@@ -14,32 +14,6 @@ from hovle.training.stages import apply_stage
 @pytest.fixture(scope="module")
 def processor(tiny_hub_folder):
     return AutoProcessor.from_pretrained(tiny_hub_folder, trust_remote_code=True)
-
-
-def load_model(folder):
-    return AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32)
-
-
-def image(seed):
-    return Image.effect_noise((40 + seed * 10, 56), 60 + seed).convert("RGB")
-
-
-def samples(count=8):
-    data = []
-    for i in range(count):
-        content = [{"type": "image"}] * (i % 3) + [{"type": "text", "text": f"Question {i}?"}]
-        data.append(
-            {
-                "messages": [
-                    {"role": "user", "content": content},
-                    {"role": "assistant", "content": f"answer number {i}"},
-                    {"role": "user", "content": "and then?"},
-                    {"role": "assistant", "content": "done"},
-                ],
-                "images": [image(i + k) for k in range(i % 3)],
-            }
-        )
-    return data
 
 
 def test_labels_cover_exactly_the_assistant_replies(processor):
@@ -56,42 +30,6 @@ def test_labels_cover_exactly_the_assistant_replies(processor):
         mask = batch["labels"][row] != -100
         assert torch.equal(batch["labels"][row][mask], batch["input_ids"][row][mask])
     assert batch["pixel_values"].shape[0] > 0 and (batch["attention_mask"][:, 0] == 0).any()
-
-
-class ListDataset(torch.utils.data.Dataset):
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        return self.items[index]
-
-
-def train(model, processor, tmp_path, steps, batch_size=4, accumulation=1, lr=5e-3, optim="adamw_torch", data=None):
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation,
-        max_steps=steps,
-        learning_rate=lr,
-        optim=optim,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        remove_unused_columns=False,
-        dataloader_drop_last=True,
-        lr_scheduler_type="constant",
-        seed=0,
-        data_seed=0,
-    )
-    trainer = Trainer(
-        model=model, args=args, train_dataset=ListDataset(data or samples()), data_collator=HoVLEChatCollator(processor)
-    )
-    trainer.train()
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -6,8 +6,7 @@ import json
 import peft
 import pytest
 import torch
-from test_training import ListDataset, load_model, samples, train
-from test_training_distributed import write_chat_data
+from helpers import ListDataset, load_model, samples, train, write_chat_data
 from transformers import AutoModelForImageTextToText, InternVLConfig, InternVLModel, TrainingArguments
 
 from hovle.conversion.checkpoint_io import TensorSource

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from .compat import image_features_tensor
+
 
 def teacher_image_features(teacher, pixel_values: torch.Tensor) -> torch.Tensor:
     """(tiles, tokens, hidden) from a transformers VLM/vision model's `get_image_features`."""
@@ -28,8 +30,7 @@ def teacher_image_features(teacher, pixel_values: torch.Tensor) -> torch.Tensor:
         if config is not None and getattr(config, name, None) is not None:
             kwargs[name] = getattr(config, name)
     output = teacher.get_image_features(pixel_values=pixel_values.to(teacher.dtype), **kwargs)
-    features = getattr(output, "pooler_output", output)  # 5.2x returns a model output, older releases a tensor
-    return features
+    return image_features_tensor(output)
 
 
 def check_teacher(teacher, model) -> None:

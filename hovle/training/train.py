@@ -23,15 +23,9 @@ import torch
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
 
 from .collator import HoVLEChatCollator
+from .compat import CHECKPOINTING_FIELD
 from .distillation import DistillationCollator, DistillationTrainer, check_teacher
 from .stages import STAGES, apply_stage
-
-# `gradient_checkpointing` became `activation_checkpointing` in 5.2x (the old name warns there).
-CHECKPOINTING_FIELD = (
-    "activation_checkpointing"
-    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
-    else "gradient_checkpointing"
-)
 
 
 class JsonLinesDataset(torch.utils.data.Dataset):

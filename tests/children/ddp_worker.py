@@ -1,4 +1,5 @@
-"""Run under `torchrun` (or alone): a few Trainer steps on a JSON-lines chat set; every rank saves its weights."""
+"""Run under `torchrun` (or alone) by `tests/test_training_distributed.py`: a few Trainer steps on a JSON-lines chat
+set; every rank saves its weights."""
 
 import argparse
 import os
