@@ -31,10 +31,13 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLayer
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel, LlamaRotaryEmbedding
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.import_utils import torch_compilable_check
 
 from .chat_hovle import HoVLEChatMixin
 from .configuration_hovle import HoVLEConfig, HoVLEEmbeddingConfig
@@ -48,6 +51,11 @@ _ACTIVATION_CHECKPOINTING_FLAG = (
     "is_activation_checkpointing"
     if hasattr(PreTrainedModel, "is_activation_checkpointing")
     else "is_gradient_checkpointing"
+)
+# Since 5.2x transformers' models warn when called with `past_key_values=` (now `cache=`): so does this one. Before,
+# `past_key_values` is the generate() loop's own name for it, accepted silently.
+_accept_past_key_values = (
+    deprecate_kwarg("past_key_values", "5.40.0", new_name="cache") if _CACHE_KWARG == "cache" else (lambda f: f)
 )
 # The rotary forward without its decorators: transformers' `dynamic_rope_update` (and, on 5.17, `no_grad`).
 _UNWRAPPED_ROPE_FORWARD = inspect.unwrap(LlamaRotaryEmbedding.forward)
@@ -284,9 +292,15 @@ class HoVLEModel(HoVLEPreTrainedModel):
     def _activation_checkpointing(self) -> bool:
         return bool(getattr(self, _ACTIVATION_CHECKPOINTING_FLAG))
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Image tokens as the `pre` layout inserts them: (tiles, tokens_per_tile, hidden)."""
-        return self.embedding_model.shuffle_and_project(self.embedding_model.vision_embeddings(pixel_values))
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """The image tokens as the `pre` layout inserts them, `pooler_output` (tiles, tokens_per_tile, hidden), and
+        the patch embeddings they come from, `last_hidden_state` (tiles, patches, hidden). HoVLE has no vision
+        encoder: there are no per-layer hidden states or attentions of an image alone."""
+        patches = self.embedding_model.vision_embeddings(pixel_values)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=patches, pooler_output=self.embedding_model.shuffle_and_project(patches)
+        )
 
     # -- cache -------------------------------------------------------------------------------------------------
     def _prepare_shared_cache(self, cache: Cache | None, use_cache: bool) -> Cache | None:
@@ -323,17 +337,28 @@ class HoVLEModel(HoVLEPreTrainedModel):
                 cache.layers[index] = _empty_layer_like(layer, replacement)
 
     # -- image placement ---------------------------------------------------------------------------------------
-    def _image_token_mask(self, input_ids: torch.Tensor | None, num_tiles: int) -> torch.Tensor:
-        if input_ids is None:
-            raise ValueError("pixel_values need input_ids to locate the image placeholder tokens")
-        image_mask = input_ids == self.config.image_token_id
-        expected = num_tiles * self.config.tokens_per_tile
-        found = int(image_mask.sum())
-        if found != expected:
-            raise ValueError(
-                f"The prompt has {found} image tokens (<IMG_CONTEXT>, id {self.config.image_token_id}) but the "
-                f"{num_tiles} image tiles give {expected} image features ({self.config.tokens_per_tile} per tile)"
+    def _image_token_mask(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, num_tiles: int
+    ) -> torch.Tensor:
+        """(batch, seq) True at the `<IMG_CONTEXT>` positions: from `input_ids`, or, given only `inputs_embeds`, where
+        they equal the embedding of `<IMG_CONTEXT>` (as transformers' VLMs locate placeholders). The count must match
+        the tiles (checked in a compile- and export-friendly way)."""
+        if input_ids is not None:
+            image_mask = input_ids == self.config.image_token_id
+        else:
+            placeholder = self.embedding_model.embed_tokens(
+                torch.full((), self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
             )
+            image_mask = (inputs_embeds == placeholder.to(inputs_embeds.dtype)).all(-1)
+        expected = num_tiles * self.config.tokens_per_tile
+        torch_compilable_check(
+            image_mask.sum() == expected,
+            lambda: (
+                f"The prompt has {int(image_mask.sum())} image tokens (<IMG_CONTEXT>, id {self.config.image_token_id}) "
+                f"but the {num_tiles} image tiles give {expected} image features ({self.config.tokens_per_tile} per "
+                "tile)"
+            ),
+        )
         return image_mask
 
     def _check_no_orphan_image_tokens(self, input_ids: torch.Tensor | None, past_length: int) -> None:
@@ -349,6 +374,8 @@ class HoVLEModel(HoVLEPreTrainedModel):
                 "pixel_values were given (0 image features)"
             )
 
+    @can_return_tuple
+    @_accept_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -358,6 +385,7 @@ class HoVLEModel(HoVLEPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        check_image_tokens: bool = True,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         r"""
@@ -365,6 +393,8 @@ class HoVLEModel(HoVLEPreTrainedModel):
         pixel_values: (tiles, 3, H, W), the tiles of every image of every row, in order.
         inputs_embeds: (batch, seq, hidden) text embeddings to use instead of `embed_tokens(input_ids)`.
         attention_mask: (batch, past + seq) 2-D padding mask (left padding supported).
+        check_image_tokens: raise when a prompt holds image tokens but no `pixel_values` come with it (off for a
+            drafting assistant, which transformers' assisted generation runs on the text alone).
         """
         cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         kwargs.pop("cache_position", None)  # older generate() versions may still send it; positions are ours
@@ -381,7 +411,14 @@ class HoVLEModel(HoVLEPreTrainedModel):
             device = (input_ids if input_ids is not None else inputs_embeds).device
             position_ids = positions_from_mask(attention_mask, past_length, length, device)
         llm_inputs = self.holistic_embedding(
-            input_ids, pixel_values, attention_mask, position_ids, cache, inputs_embeds=inputs_embeds, **kwargs
+            input_ids,
+            pixel_values,
+            attention_mask,
+            position_ids,
+            cache,
+            inputs_embeds=inputs_embeds,
+            check_image_tokens=check_image_tokens,
+            **kwargs,
         )
 
         outputs = self.language_model(
@@ -389,6 +426,7 @@ class HoVLEModel(HoVLEPreTrainedModel):
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=use_cache,
+            return_dict=True,
             **{_CACHE_KWARG: cache},
             **kwargs,
         )
@@ -407,6 +445,7 @@ class HoVLEModel(HoVLEPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        check_image_tokens: bool = True,
         **kwargs,
     ) -> torch.Tensor:
         """The embedding module's output, i.e. the LLM's `inputs_embeds`: (batch, seq, hidden) on the LLM stream.
@@ -421,13 +460,14 @@ class HoVLEModel(HoVLEPreTrainedModel):
             position_ids = positions_from_mask(
                 attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device
             )
-        if pixel_values is None:
+        if pixel_values is None and check_image_tokens:
             self._check_no_orphan_image_tokens(input_ids, past_length)
 
         if self.config.embedding_config.pixel_shuffle_loc == "pre":
             if pixel_values is not None:
-                image_mask = self._image_token_mask(input_ids, pixel_values.shape[0])
-                image_tokens = self.get_image_features(pixel_values).reshape(-1, inputs_embeds.shape[-1])
+                image_mask = self._image_token_mask(input_ids, inputs_embeds, pixel_values.shape[0])
+                image_tokens = self.get_image_features(pixel_values, return_dict=True).pooler_output
+                image_tokens = image_tokens.reshape(-1, inputs_embeds.shape[-1])
                 inputs_embeds = inputs_embeds.masked_scatter(
                     image_mask.unsqueeze(-1).to(inputs_embeds.device), image_tokens.to(inputs_embeds.dtype)
                 )
@@ -460,7 +500,7 @@ class HoVLEModel(HoVLEPreTrainedModel):
             # Text only (decode steps, text prompts): both streams advance one slot per token.
             stream_embeds, stream_new_mask, llm_slots, image_slots = inputs_embeds, new_mask, None, None
         else:
-            image_mask = self._image_token_mask(input_ids, pixel_values.shape[0])  # (B, S)
+            image_mask = self._image_token_mask(input_ids, inputs_embeds, pixel_values.shape[0])  # (B, S)
             ratio = self.config.embedding_config.patches_per_side**2 // self.config.tokens_per_tile
             # Each image token of the LLM stream stands for `ratio` patch slots of the embedding stream.
             repeats = 1 + (ratio - 1) * image_mask.long()  # (B, S)
@@ -523,9 +563,48 @@ class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, Genera
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, **kwargs)
 
+    def tiles_per_row(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, num_tiles: int):
+        """How many of the `num_tiles` tiles of `pixel_values` belong to each row of the batch (their image tokens
+        counted per row); `pixel_values` holds them row after row."""
+        if input_ids is not None and input_ids.shape[-1] == 0:  # generate() given only inputs_embeds
+            input_ids = None
+        mask = self.model._image_token_mask(input_ids, inputs_embeds, num_tiles)
+        return (mask.sum(-1) // self.config.tokens_per_tile).tolist()
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration:
+            # transformers runs a drafting assistant's prefill as a later iteration, on the prompt's text alone (no
+            # pixel_values): its image tokens are then text, not an error; the main model verifies every draft.
+            model_inputs["check_image_tokens"] = False
+        return model_inputs
+
+    # generate() checks its keyword arguments against this signature; the cache argument's name differs by version.
+    prepare_inputs_for_generation.__signature__ = inspect.signature(GenerationMixin.prepare_inputs_for_generation)
+
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs
+    ):
+        """transformers repeats every model input row-wise (`repeat_interleave` on dim 0) for beams and
+        `num_return_sequences`; HoVLE's `pixel_values` are tiles, not rows: repeat each row's block of tiles instead,
+        so every copy of a row gets that row's images."""
+        pixel_values = model_kwargs.pop("pixel_values", None)
+        if pixel_values is not None and expand_size > 1:
+            counts = self.tiles_per_row(input_ids, model_kwargs.get("inputs_embeds"), pixel_values.shape[0])
+            blocks = torch.split(pixel_values, counts)
+            pixel_values = torch.cat([block for block in blocks for _ in range(expand_size)])
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        if pixel_values is not None:
+            model_kwargs["pixel_values"] = pixel_values
+        return input_ids, model_kwargs
+
+    @can_return_tuple
+    @_accept_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -553,6 +632,7 @@ class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, Genera
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
