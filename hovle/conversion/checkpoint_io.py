@@ -2,19 +2,16 @@
 
 `TensorSource` opens `model.safetensors`, a sharded safetensors index, or `pytorch_model*.bin` (always with
 `weights_only=True`; never plain pickle) and hands out one tensor at a time, so a conversion holds at most an
-output shard in memory. `atomic_output_folder` builds a folder next to its destination and renames it into
+output shard in memory. `output_folder.atomic_output_folder` builds a folder next to its destination and renames it into
 place only when everything was written: a failed conversion leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
 import struct
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,22 +251,3 @@ class StreamingSafetensorsWriter:
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
             (self.folder / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         return [self.folder / name for name in self.names]
-
-
-@contextlib.contextmanager
-def atomic_output_folder(destination: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a scratch folder beside `destination`; move it into place on success, delete it on any error."""
-    destination = Path(destination)
-    if destination.exists() and any(destination.iterdir()) and not overwrite:
-        raise CheckpointError(f"Output folder {destination} exists and is not empty (pass overwrite to replace it)")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    scratch = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
-    scratch.mkdir()
-    try:
-        yield scratch
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    if destination.exists():
-        shutil.rmtree(destination)
-    scratch.rename(destination)

@@ -15,7 +15,6 @@ from .checkpoint_io import (
     CheckpointError,
     StreamingSafetensorsWriter,
     TensorSource,
-    atomic_output_folder,
     parse_size,
     resolve_folder,
     target_dtype,
@@ -29,6 +28,7 @@ from .layout import (
     ours_to_original,
     validate_transformers,
 )
+from .output_folder import atomic_output_folder
 
 
 def export(
@@ -50,7 +50,7 @@ def export(
 
     geometries = geometries_from_config(config)
     keys = list(original_keys_for(config.embedding_config.num_hidden_layers, config.text_config.num_hidden_layers))
-    with atomic_output_folder(Path(output), overwrite=overwrite) as scratch:
+    with atomic_output_folder(Path(output), overwrite=overwrite, inputs=[folder]) as scratch:
         original_shapes = expected_original_shapes(config)
         plan = [(key, original_shapes[key], out_dtype) for key in keys]
         writer = StreamingSafetensorsWriter(scratch, plan, parse_size(max_shard_size))

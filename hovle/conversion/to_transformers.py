@@ -25,13 +25,13 @@ from .checkpoint_io import (
     CheckpointError,
     StreamingSafetensorsWriter,
     TensorSource,
-    atomic_output_folder,
     parse_size,
     resolve_folder,
     target_dtype,
 )
 from .config_map import hovle_config_from_original
 from .layout import geometries_from_config, map_original_key, model_state_shapes, original_to_ours, validate_original
+from .output_folder import atomic_output_folder
 from .tokenizer import tokenizer_for_model, write_processor_files
 
 # What a converted folder ships as remote code: what `auto_map` names, and what those files import.
@@ -121,7 +121,7 @@ def convert(
 
     geometries = geometries_from_config(config)
     output = Path(output)
-    with atomic_output_folder(output, overwrite=overwrite) as scratch:
+    with atomic_output_folder(output, overwrite=overwrite, inputs=[folder]) as scratch:
         ours = model_state_shapes(config)
         plan = [(t, ours[t], out_dtype) for key in tensors.keys() for t in map_original_key(key).targets]
         writer = StreamingSafetensorsWriter(scratch, plan, parse_size(max_shard_size))
