@@ -39,12 +39,12 @@ def test_chat_reports_bad_image(tmp_path):
     assert "bad.png is not an image" in result.stderr
 
 
-def test_convert_subcommand(fixture_dir, tmp_path):
+def test_convert_subcommand(fixture_dir, tmp_path, capsys):
     out = tmp_path / "converted"
     assert main(["convert", "--input", str(fixture_dir / "original"), "--output", str(out), "--dtype", "float32"]) == 0
     assert (out / "model.safetensors").exists() and (out / "config.json").exists()
-    with pytest.raises(SystemExit):
-        main(["chat", "--image", str(tmp_path / "missing.png"), "q"])
+    assert main(["chat", "--image", str(tmp_path / "missing.png"), "q"]) == 2
+    assert capsys.readouterr().err.strip().endswith("missing.png: no such file")
 
 
 @pytest.mark.slow

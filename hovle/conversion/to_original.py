@@ -11,7 +11,6 @@ from tqdm.auto import tqdm
 
 from ..configuration_hovle import HoVLEConfig
 from .checkpoint_io import (
-    DTYPES,
     CheckpointError,
     StreamingSafetensorsWriter,
     TensorSource,
@@ -62,14 +61,6 @@ def export(
         original = original_config_from_hovle(config, dtype=dtype)
         (scratch / "config.json").write_text(json.dumps(original, indent=2) + "\n")
     return Path(output)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="transformers-format HoVLE folder or Hub repo id")
-    parser.add_argument("--output", required=True, help="folder to write (must be empty or absent)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="the release stores float32")
-    parser.add_argument("--max-shard-size", default="5GB", help="e.g. 5GB, 500MB")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
 
 
 def run(args: argparse.Namespace) -> Path:

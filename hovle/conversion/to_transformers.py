@@ -21,7 +21,6 @@ from transformers import GenerationConfig
 from .. import configuration_hovle
 from ..configuration_hovle import HoVLEConfig
 from .checkpoint_io import (
-    DTYPES,
     CheckpointError,
     StreamingSafetensorsWriter,
     TensorSource,
@@ -148,16 +147,6 @@ def upload_folder(folder: Path, repo_id: str, private: bool = False) -> None:
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload HoVLE (transformers format)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="original-format folder or Hub repo id")
-    parser.add_argument("--output", required=True, help="folder to write (must be empty or absent)")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
-    parser.add_argument("--max-shard-size", default="5GB", help="e.g. 5GB, 500MB")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
-    parser.add_argument("--push-to-hub", metavar="REPO", help="upload the result to this Hub repo")
-    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
 
 
 def run(args: argparse.Namespace) -> Path:

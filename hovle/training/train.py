@@ -20,12 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
+from transformers import AutoModel, Trainer, TrainingArguments
 
+from ..cli import add_train_arguments
+from ..loading import load_model_and_processor
 from .collator import HoVLEChatCollator
 from .compat import CHECKPOINTING_FIELD
 from .distillation import DistillationCollator, DistillationTrainer, check_teacher
-from .stages import STAGES, apply_stage
+from .stages import apply_stage
 
 
 class JsonLinesDataset(torch.utils.data.Dataset):
@@ -52,34 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hovle train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_arguments(parser)
+    add_train_arguments(parser)
     return parser
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="converted HoVLE folder or Hub id")
-    parser.add_argument("--data", required=True, help="JSON lines file")
-    parser.add_argument("--stage", type=int, required=True, choices=sorted(STAGES))
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--teacher", help="stage 1: teacher model folder or Hub id")
-    parser.add_argument("--lora", choices=["embedding", "text", "both"], help="train LoRA adapters on these stacks")
-    parser.add_argument("--max-steps", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=1, help="per device")
-    parser.add_argument("--grad-accum", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--optim", default="adamw_torch")
-    parser.add_argument("--max-tiles", type=int, default=6, help="most tiles per image")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--sequential", action="store_true", help="no shuffling (reproducible comparisons)")
-    parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--cpu", action="store_true", help="train on CPU (gloo for multi-process)")
-    parser.add_argument("--seed", type=int, default=0)
-
-
 def run(args: argparse.Namespace) -> Path:
-    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(args.model, trust_remote_code=True, dtype=dtype)
+    model, processor = load_model_and_processor(args.model, getattr(args, "trust_remote_code", False), dtype=dtype)
     apply_stage(model, args.stage)
     if args.lora:
         from peft import get_peft_model

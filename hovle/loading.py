@@ -1,0 +1,70 @@
+"""Loading a converted HoVLE folder or Hub id for the command line and the trainer.
+
+By default the classes of this installed package load it: the folder's own copy of the model code is not executed
+(transformers would need `trust_remote_code=True` for that). `trust_remote_code=True` loads through transformers'
+Auto classes with the folder's code instead, as transformers does it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def register_auto_classes() -> None:
+    """Make transformers' Auto classes know HoVLE locally (idempotent): a converted folder then loads with this
+    package's classes, without `trust_remote_code`, and transformers asks nothing about the folder's code."""
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+    )
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from .configuration_hovle import HoVLEConfig, HoVLEEmbeddingConfig
+    from .modeling_hovle import HoVLEForConditionalGeneration
+    from .processing_hovle import HoVLEProcessor
+
+    if HoVLEConfig.model_type in CONFIG_MAPPING:
+        return
+    AutoConfig.register(HoVLEConfig.model_type, HoVLEConfig)
+    AutoConfig.register(HoVLEEmbeddingConfig.model_type, HoVLEEmbeddingConfig)
+    for auto_class in (AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText):
+        auto_class.register(HoVLEConfig, HoVLEForConditionalGeneration)
+    AutoProcessor.register(HoVLEConfig, HoVLEProcessor)
+
+
+class LoadError(ValueError):
+    """A model path or Hub id that cannot be loaded, said in one line."""
+
+
+def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = False, **model_kwargs):
+    """(model, processor) for a converted HoVLE folder or Hub id; `model_kwargs` go to `from_pretrained`."""
+    from huggingface_hub.errors import HFValidationError
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .configuration_hovle import HoVLEConfig
+    from .modeling_hovle import HoVLEForConditionalGeneration
+    from .processing_hovle import HoVLEProcessor
+
+    name = str(path)
+    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
+        raise LoadError(f"{name}: no such folder (and not a Hub id of the form owner/name)")
+    try:
+        if trust_remote_code:
+            processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
+            model = AutoModelForImageTextToText.from_pretrained(name, trust_remote_code=True, **model_kwargs)
+            return model, processor
+        register_auto_classes()
+        config = HoVLEConfig.from_pretrained(name)
+        if config.model_type != HoVLEConfig.model_type:
+            raise LoadError(f"{name} holds a {config.model_type!r} model, not a converted HoVLE ('hovle')")
+        processor = HoVLEProcessor.from_pretrained(name)
+        model = HoVLEForConditionalGeneration.from_pretrained(name, **model_kwargs)
+    except (OSError, HFValidationError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") else ""
+        raise LoadError(f"Cannot load {name}{offline}: {first_line}") from error
+    return model, processor
