@@ -58,9 +58,14 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
             model = AutoModelForImageTextToText.from_pretrained(name, trust_remote_code=True, **model_kwargs)
             return model, processor
         register_auto_classes()
-        config = HoVLEConfig.from_pretrained(name)
-        if config.model_type != HoVLEConfig.model_type:
-            raise LoadError(f"{name} holds a {config.model_type!r} model, not a converted HoVLE ('hovle')")
+        model_type = HoVLEConfig.get_config_dict(name)[0].get("model_type")
+        if model_type != HoVLEConfig.model_type:
+            hint = (
+                " (an original-layout checkpoint: convert it first, `hovle convert`)"
+                if model_type == "internvl_chat"
+                else ""
+            )
+            raise LoadError(f"{name} holds a {model_type!r} model, not a converted HoVLE ('hovle'){hint}")
         processor = HoVLEProcessor.from_pretrained(name)
         model = HoVLEForConditionalGeneration.from_pretrained(name, **model_kwargs)
     except (OSError, HFValidationError) as error:

@@ -35,12 +35,15 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel, LlamaRotaryEmbedding
+from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.import_utils import torch_compilable_check
 
 from .chat_hovle import HoVLEChatMixin
 from .configuration_hovle import HoVLEConfig, HoVLEEmbeddingConfig
+
+logger = logging.get_logger(__name__)
 
 # -- transformers 5.17 .. 5.2x: every version difference this file handles ----------------------------------------
 # The cache argument and output field were renamed `past_key_values` -> `cache` in 5.2x: speak the installed name.
@@ -150,12 +153,15 @@ class HoVLEVisionEmbeddings(nn.Module):
         grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
         return grid.reshape(1, -1, height * width).permute(0, 2, 1).to(self.position_embedding.dtype)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def check_shape(self, pixel_values: torch.Tensor) -> None:
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
                 f"pixel_values must have shape (tiles, {self.config.num_channels}, height, width), "
                 f"got {tuple(pixel_values.shape)}"
             )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        self.check_shape(pixel_values)
         patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (n, C, h, w)
         _, _, height, width = patches.shape
         patches = patches.flatten(2).transpose(1, 2)  # (n, h*w, C), row-major
@@ -361,6 +367,27 @@ class HoVLEModel(HoVLEPreTrainedModel):
         )
         return image_mask
 
+    def _check_prompt(self, tokens: torch.Tensor) -> None:
+        """A prompt (checked once, before decoding: never inside a compiled step) must be a non-empty batch of ids in
+        the vocabulary; an out-of-range id would otherwise surface as an indexing error deep inside the embedding."""
+        if tokens.ndim != 2 or 0 in tokens.shape:
+            raise ValueError(f"The prompt must be a non-empty (batch, sequence) batch; got shape {tuple(tokens.shape)}")
+        if tokens.dtype.is_floating_point:
+            return  # inputs_embeds: nothing to range-check
+        vocab = self.config.text_config.vocab_size
+        outside = (tokens < 0) | (tokens >= vocab)
+        if outside.any():
+            raise ValueError(
+                f"input_ids holds {int(outside.sum())} id(s) outside the vocabulary 0..{vocab - 1}, e.g. "
+                f"{int(tokens[outside][0])}"
+            )
+        seq_length, context = tokens.shape[1], self.config.text_config.max_position_embeddings
+        if seq_length > context:
+            logger.warning_once(
+                f"The prompt has {seq_length} tokens, more than the model's context of {context}: quality degrades "
+                "beyond it (InternLM2's dynamic rope scaling stretches the positions)"
+            )
+
     def _check_no_orphan_image_tokens(self, input_ids: torch.Tensor | None, past_length: int) -> None:
         # While decoding, a generated <IMG_CONTEXT> is ordinary text (as in the original); in a prompt it means the
         # caller forgot the images. Skipped under torch.compile, as transformers' own VLMs skip their count checks:
@@ -406,6 +433,8 @@ class HoVLEModel(HoVLEPreTrainedModel):
         cache = self._prepare_shared_cache(cache, bool(use_cache))
 
         past_length = cache.get_seq_length() if cache is not None else 0
+        if not torch.compiler.is_compiling() and past_length == 0:
+            self._check_prompt(input_ids if input_ids is not None else inputs_embeds[..., 0])
         if position_ids is None:
             length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
             device = (input_ids if input_ids is not None else inputs_embeds).device
@@ -462,6 +491,8 @@ class HoVLEModel(HoVLEPreTrainedModel):
             )
         if pixel_values is None and check_image_tokens:
             self._check_no_orphan_image_tokens(input_ids, past_length)
+        if pixel_values is not None:
+            self.embedding_model.vision_embeddings.check_shape(pixel_values)
 
         if self.config.embedding_config.pixel_shuffle_loc == "pre":
             if pixel_values is not None:

@@ -85,6 +85,17 @@ def decode_reply(tokenizer, new_token_ids) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
+def refuse_typed_image_tokens(text: str) -> None:
+    """Image tokens come only from images: a `<IMG_CONTEXT>`, `<img>` or `</img>` typed in the text would be read as
+    an image slot (and break the count of image features), so it is refused; write `<image>` where an image goes."""
+    for token in (IMAGE_CONTEXT, IMAGE_START, IMAGE_END):
+        if token in text:
+            raise ValueError(
+                f"The text contains {token!r}, which only the processor writes (for each image); put {IMAGE_PLACEHOLDER} "
+                "where an image goes"
+            )
+
+
 def add_missing_placeholders(text: str, num_images: int) -> str:
     """The original chat() convention for a question with images but no `<image>`."""
     if num_images == 0 or IMAGE_PLACEHOLDER in text:
@@ -92,6 +103,32 @@ def add_missing_placeholders(text: str, num_images: int) -> str:
     if num_images == 1:
         return f"{IMAGE_PLACEHOLDER}\n{text}"
     return "".join(f"Image-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(num_images)) + text
+
+
+def image_from_array(array: np.ndarray) -> Image.Image:
+    """A PIL image from an (H, W), (H, W, C) or (C, H, W) array with 1, 3 or 4 channels: uint8 as is, floats in
+    [0, 1] scaled to 0..255 (other floats clipped to 0..255), booleans as black and white."""
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
+        raise ValueError(
+            f"An image array must be (height, width), (height, width, 1|3|4) or (1|3|4, height, width); got shape "
+            f"{array.shape}"
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError("The image array holds NaN or infinite values")
+        scale = 255.0 if array.size and array.min() >= 0.0 and array.max() <= 1.0 else 1.0
+        array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"Unsupported image array dtype {array.dtype}: use uint8, floats in [0, 1] or booleans")
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return Image.fromarray(array)
 
 
 def open_image(image: Any) -> Image.Image:
@@ -112,7 +149,7 @@ def open_image(image: Any) -> Image.Image:
         except OSError as error:
             raise ValueError(f"Could not decode {name} (truncated or corrupt image): {error}") from error
     elif isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
+        image = image_from_array(image)
     if not isinstance(image, Image.Image):
         raise ValueError(f"Unsupported image input of type {type(image).__name__}: pass a PIL image, array or path")
     image = ImageOps.exif_transpose(image)
@@ -182,6 +219,8 @@ class HoVLEProcessor(ProcessorMixin):
         """
         if text is None:
             raise ValueError("HoVLEProcessor needs text (use apply_chat_template for chat messages)")
+        if not isinstance(text, str) and len(text) == 0:
+            raise ValueError("HoVLEProcessor got an empty batch: pass at least one text")
         return_tensors = kwargs.pop("return_tensors", None)
         for key in ("images_kwargs", "text_kwargs", "processor_kwargs"):
             kwargs.update(kwargs.pop(key, None) or {})
@@ -202,7 +241,11 @@ class HoVLEProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         per_text = self._images_per_text(images, texts)
         if max_tiles is not None:
+            if isinstance(max_tiles, bool) or not isinstance(max_tiles, int) or max_tiles < 1:
+                raise ValueError(f"max_tiles (max_patches) must be a whole number of at least 1, got {max_tiles!r}")
             image_kwargs["max_patches"] = max_tiles  # the image processor's name for it
+        for sample_text in texts:
+            refuse_typed_image_tokens(sample_text)
         pixel_values, expanded = [], []
         for sample_text, sample_images in zip(texts, per_text, strict=True):
             sample_text = add_missing_placeholders(sample_text, len(sample_images))
