@@ -22,10 +22,18 @@ _LAZY = {
 }
 
 
+def register_auto_classes() -> None:
+    """Make transformers' Auto classes load converted HoVLE folders with this package's classes, without
+    `trust_remote_code` (the folder's copy of the code is then not run). See `hovle.loading`."""
+    from .loading import register_auto_classes as register
+
+    register()
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [*_LAZY, "__version__"]
+__all__ = [*_LAZY, "__version__", "register_auto_classes"]

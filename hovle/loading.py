@@ -40,10 +40,23 @@ class LoadError(ValueError):
     """A model path or Hub id that cannot be loaded, said in one line."""
 
 
+def _folder_class(name: str, file_name: str, auto_class: str):
+    """The class `file_name`'s `auto_map` names for `auto_class`, imported from the folder's (or Hub repo's) code."""
+    import json
+
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+    from transformers.utils import cached_file
+
+    settings = json.loads(Path(cached_file(name, file_name)).read_text())
+    reference = (settings.get("auto_map") or {}).get(auto_class)
+    if reference is None:
+        raise LoadError(f"{name}/{file_name} names no {auto_class} in its auto_map: there is no code of its own to run")
+    return get_class_from_dynamic_module(reference, name)
+
+
 def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = False, **model_kwargs):
     """(model, processor) for a converted HoVLE folder or Hub id; `model_kwargs` go to `from_pretrained`."""
     from huggingface_hub.errors import HFValidationError
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from .configuration_hovle import HoVLEConfig
     from .modeling_hovle import HoVLEForConditionalGeneration
@@ -54,9 +67,11 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
         raise LoadError(f"{name}: no such folder (and not a Hub id of the form owner/name)")
     try:
         if trust_remote_code:
-            processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
-            model = AutoModelForImageTextToText.from_pretrained(name, trust_remote_code=True, **model_kwargs)
-            return model, processor
+            # The classes the folder's `auto_map` names, from its own files: transformers' Auto classes would prefer
+            # this package's classes once they are registered, even with trust_remote_code=True.
+            model_class = _folder_class(name, "config.json", "AutoModelForImageTextToText")
+            processor_class = _folder_class(name, "processor_config.json", "AutoProcessor")
+            return model_class.from_pretrained(name, **model_kwargs), processor_class.from_pretrained(name)
         register_auto_classes()
         model_type = HoVLEConfig.get_config_dict(name)[0].get("model_type")
         if model_type != HoVLEConfig.model_type:
