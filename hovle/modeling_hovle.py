@@ -143,29 +143,25 @@ class HoVLEVisionEmbeddings(nn.Module):
         self.class_embedding = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embedding = nn.Parameter(torch.zeros(1, num_patches + 1, config.hidden_size))
 
-    def grid_position_embedding(self, height: int, width: int) -> torch.Tensor:
-        side = self.config.patches_per_side
-        grid = self.position_embedding[:, 1:]  # (1, side*side, C)
-        if (height, width) == (side, side):
-            return grid
-        # Another tile size: resize the grid bicubically in float32, as the original does.
-        grid = grid.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
-        return grid.reshape(1, -1, height * width).permute(0, 2, 1).to(self.position_embedding.dtype)
-
     def check_shape(self, pixel_values: torch.Tensor) -> None:
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+        """Tiles of this model's size only: every tile becomes `tokens_per_tile` tokens, which the prompt's
+        `<IMG_CONTEXT>` count and the pixel shuffle rely on (the processor makes such tiles)."""
+        channels, side = self.config.num_channels, self.config.image_size
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
             raise ValueError(
-                f"pixel_values must have shape (tiles, {self.config.num_channels}, height, width), "
-                f"got {tuple(pixel_values.shape)}"
+                f"pixel_values must have shape (tiles, {channels}, height, width), got {tuple(pixel_values.shape)}"
+            )
+        if tuple(pixel_values.shape[2:]) != (side, side):
+            raise ValueError(
+                f"pixel_values tiles are {pixel_values.shape[2]}x{pixel_values.shape[3]} pixels but this model's tiles "
+                f"are {side}x{side}: make them with its processor"
             )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.check_shape(pixel_values)
-        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (n, C, h, w)
-        _, _, height, width = patches.shape
-        patches = patches.flatten(2).transpose(1, 2)  # (n, h*w, C), row-major
-        return patches + self.grid_position_embedding(height, width)
+        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (n, C, side, side)
+        patches = patches.flatten(2).transpose(1, 2)  # (n, side*side, C), row-major
+        return patches + self.position_embedding[:, 1:]  # slot 0 is the unused class position
 
 
 class HoVLEProjector(nn.Module):

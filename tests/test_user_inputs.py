@@ -102,6 +102,15 @@ def test_pixel_values_of_the_wrong_rank_or_channels(model, shape):
         model(input_ids=ids, pixel_values=torch.zeros(shape))
 
 
+@pytest.mark.parametrize("size", [(100, 100), (56, 28)])
+def test_tiles_of_another_size(model, size):
+    ids = torch.tensor([image_prompt([5], [1], [6])])
+    with pytest.raises(
+        ValueError, match=rf"pixel_values tiles are {size[0]}x{size[1]} pixels but this model's tiles are 56x56"
+    ):
+        model(input_ids=ids, pixel_values=torch.zeros(1, 3, *size))
+
+
 def test_more_tiles_than_image_tokens(model):
     ids = torch.tensor([image_prompt([5], [1], [6])])
     with pytest.raises(
