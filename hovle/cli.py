@@ -84,6 +84,17 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     parser.add_argument("--push-to-hub", metavar="REPO", help="upload the result to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument(
+        "--tokenizer",
+        metavar="DIR_OR_HUB_ID",
+        help="take the release's tokenizer files (tokenizer.model, tokenizer_config.json, ...) from this folder or "
+        "Hub repo instead of --input (needed when --input has none: without a tokenizer there is no processor)",
+    )
+    parser.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="write weights that are NaN/Inf in the source or that overflow to inf in --dtype (refused otherwise)",
+    )
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,14 +105,22 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-shard-size", default="5GB", help="e.g. 5GB, 500MB")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="write weights that are NaN/Inf in the source or that overflow to inf in --dtype (refused otherwise)",
+    )
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="converted HoVLE folder or Hub id")
     parser.add_argument("--data", required=True, help="JSON lines file")
     parser.add_argument("--stage", type=int, required=True, choices=[1, 2, 3])
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--teacher", help="stage 1: teacher model folder or Hub id")
+    parser.add_argument(
+        "--output", required=True, help="folder for the trained model (not the model folder; empty or absent)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output when training ends")
+    parser.add_argument("--teacher", help="stage 1 (required there): teacher model folder or Hub id")
     parser.add_argument("--lora", choices=["embedding", "text", "both"], help="train LoRA adapters on these stacks")
     parser.add_argument("--max-steps", type=positive_int, default=100)
     parser.add_argument("--batch-size", type=positive_int, default=1, help="per device")
@@ -111,8 +130,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tiles", type=positive_int, default=6, help="most tiles per image")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--sequential", action="store_true", help="no shuffling (reproducible comparisons)")
-    parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--cpu", action="store_true", help="train on CPU (gloo for multi-process)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 weights and autocast (GPU or CPU)")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="train on CPU even with a GPU (the default without one; gloo for multi-process)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     add_trust_remote_code_argument(parser)
 

@@ -54,7 +54,9 @@ def test_extra_layer(source, tmp_path):
         tensors["embedding_model.encoder.2.ffn_norm.weight"] = torch.zeros(64)
 
     rewrite(source, add_layer)
-    assert_fails_cleanly(source, tmp_path, "unknown", "embedding_model.encoder.2.ffn_norm.weight")
+    assert_fails_cleanly(
+        source, tmp_path, "num_hidden_layers is 2", "tensors beyond the config's layers", "encoder.2.ffn_norm.weight"
+    )
 
 
 def test_wrong_shape(source, tmp_path):

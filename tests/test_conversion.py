@@ -55,8 +55,10 @@ def test_bfloat16_output_halves_the_bytes(fixture_dir, converted_fixture, tmp_pa
     config = json.loads((bf16 / "config.json").read_text())
     assert config["dtype"] == "bfloat16" and config["auto_map"]["AutoModelForImageTextToText"]
     card = (bf16 / "README.md").read_text()
-    for field in ("pipeline_tag: image-text-to-text", "library_name: transformers", "license: mit", "base_model:"):
+    for field in ("pipeline_tag: image-text-to-text", "library_name: transformers", "license: mit"):
         assert field in card
+    # A local source: named as such, no Hub base_model claimed (test_conversion_inputs covers a Hub id).
+    assert "base_model" not in card and "converted from a local checkpoint (original)" in card
 
 
 def test_sharded_and_bin_sources_convert_identically(fixture_dir, converted_fixture, tmp_path):

@@ -9,8 +9,10 @@ place only when everything was written: a failed conversion leaves nothing behin
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +20,19 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+logger = logging.getLogger(__name__)
+
 
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be converted; the message names the file or keys at fault."""
+
+
+def name_keys(keys, limit: int = 5) -> str:
+    """`keys` for an error message: the first `limit`, then "... and N more", so that a message stays one short line
+    however many keys are at fault."""
+    keys = [str(key) for key in keys]
+    shown = ", ".join(keys[:limit])
+    return f"{shown} ... and {len(keys) - limit} more" if len(keys) > limit else shown
 
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -70,7 +82,9 @@ class TensorSource:
                 files = sorted({self.folder / name for name in self._index.values()})
                 missing = [f.name for f in files if not f.exists()]
                 if missing:
-                    raise CheckpointError(f"{index_name} names shard(s) missing from {self.folder}: {missing}")
+                    raise CheckpointError(
+                        f"{index_name} names shard(s) missing from {self.folder}: {name_keys(missing)}"
+                    )
                 return files
         self._index = None
         for single in (SAFE_SINGLE, BIN_SINGLE):
@@ -93,7 +107,7 @@ class TensorSource:
             return
         wrong = sorted(k for k, name in self._index.items() if self.key_to_file.get(k, Path()).name != name)
         if wrong:
-            raise CheckpointError(f"The index lists tensors its shards do not hold: {wrong[:10]}")
+            raise CheckpointError(f"The index lists tensors its shards do not hold: {name_keys(wrong)}")
 
     def _read_header(self, file: Path) -> dict[str, tuple[int, ...]]:
         if file.suffix == ".safetensors":
@@ -151,16 +165,25 @@ class TensorSource:
         return sum(f.stat().st_size for f in dict.fromkeys(self.key_to_file.values()))
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_SIZE_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+_SIZE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*([A-Z]*)")
+
+
 def parse_size(size: int | str) -> int:
-    """'5GB' / '500MB' / '2GiB' / 1000 -> bytes."""
-    if isinstance(size, int):
-        return size
-    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
-    text = size.strip().upper()
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(text)
+    """'5GB' / '500MB' / '2GiB' / 1000 -> bytes; anything else, or less than one byte, is a `CheckpointError`."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        match = _SIZE.fullmatch(size.strip().upper()) if isinstance(size, str) else None
+        if match is None or match.group(2) not in _SIZE_UNITS:
+            raise CheckpointError(
+                f"--max-shard-size {size!r} is not a size: give bytes or a number with a unit, e.g. 5GB, 500MB, 2GiB"
+            )
+        value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    if value < 1:
+        raise CheckpointError(f"--max-shard-size {size!r} must be at least 1 byte")
+    return value
 
 
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
@@ -172,6 +195,67 @@ def target_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise CheckpointError(f"Unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
     return DTYPES[name]
+
+
+def _count(values: int) -> str:
+    return f"{values} value{'s' if values != 1 else ''}"
+
+
+class NonfiniteCheck:
+    """Counts, per source tensor, NaN/Inf already in the source and finite values that the cast to the output dtype
+    turns into inf (beyond float16's +-65504, or bfloat16's rounding past float32's largest value). A conversion
+    checks every tensor as it streams, then `finish` refuses the output unless the user allowed it; the atomic
+    output folder makes sure nothing of a refused output remains. `torch.isfinite` is one cheap pass per tensor;
+    the counting passes run only on a tensor that has a non-finite value."""
+
+    def __init__(self, dtype: torch.dtype, option: str = "--allow-nonfinite (allow_nonfinite=True)"):
+        self.dtype, self.option = dtype, option
+        self.in_source: dict[str, int] = {}
+        self.overflow: dict[str, int] = {}
+
+    @staticmethod
+    def _nonfinite(tensor: torch.Tensor) -> int:
+        if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+            return 0
+        return int((~torch.isfinite(tensor)).sum())
+
+    def check_source(self, key: str, tensor: torch.Tensor) -> None:
+        bad = self._nonfinite(tensor)
+        if bad:
+            self.in_source[key] = self.in_source.get(key, 0) + bad
+
+    def check_cast(self, key: str, before: torch.Tensor, after: torch.Tensor) -> None:
+        """`after` is `before` cast to the output dtype; only values the cast made non-finite count."""
+        after_bad = self._nonfinite(after)
+        if after_bad:
+            overflow = after_bad - self._nonfinite(before)
+            if overflow:
+                self.overflow[key] = self.overflow.get(key, 0) + overflow
+
+    def message(self) -> str | None:
+        problems = []
+        if self.overflow:
+            named = name_keys(f"{key} ({_count(n)})" for key, n in self.overflow.items())
+            largest = torch.finfo(self.dtype).max
+            problems.append(
+                f"{len(self.overflow)} tensor(s) hold values beyond {str(self.dtype).removeprefix('torch.')}'s range "
+                f"(+-{largest:.6g}) that would become inf: {named}"
+            )
+        if self.in_source:
+            named = name_keys(f"{key} ({_count(n)})" for key, n in self.in_source.items())
+            problems.append(f"{len(self.in_source)} tensor(s) of the source already hold NaN or Inf: {named}")
+        return "; ".join(problems) if problems else None
+
+    def finish(self, allow: bool) -> None:
+        message = self.message()
+        if message is None:
+            return
+        if allow:
+            logger.warning("Writing non-finite weights as allowed: %s", message)
+            return
+        raise CheckpointError(
+            f"Refusing to write non-finite weights: {message}. Pass {self.option} to write them anyway"
+        )
 
 
 class StreamingSafetensorsWriter:

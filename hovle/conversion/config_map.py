@@ -26,6 +26,62 @@ def _require(section: dict[str, Any], name: str, where: str):
     return section[name]
 
 
+def _positive_int(section: dict[str, Any], name: str, where: str, default=None) -> int:
+    """A required (or defaulted) count or size: a whole number of at least 1."""
+    value = section.get(name, default) if default is not None else _require(section, name, where)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        prefix = f"{where}." if where != "the top level" else ""
+        raise CheckpointError(f"config.json: {prefix}{name} must be a whole number of at least 1, got {value!r}")
+    return value
+
+
+def _check_numbers(original: dict[str, Any], emb: dict[str, Any], llm: dict[str, Any]) -> None:
+    """The numbers of the original config.json, checked before anything is built from them (a zero or a
+    non-dividing head count would otherwise surface as a division error deep inside transformers)."""
+    for section, where, vocab in ((emb, "embedding_config", "llm_vocab_size"), (llm, "llm_config", "vocab_size")):
+        sizes = {name: _positive_int(section, name, where) for name in (vocab, "hidden_size", "intermediate_size")}
+        layers = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+        sizes.update({name: _positive_int(section, name, where) for name in layers})
+        width, heads, kv_heads = sizes["hidden_size"], sizes["num_attention_heads"], sizes["num_key_value_heads"]
+        if width % heads:
+            raise CheckpointError(
+                f"config.json: {where}.num_attention_heads {heads} does not divide {where}.hidden_size {width}"
+            )
+        if heads % kv_heads:
+            raise CheckpointError(
+                f"config.json: {where}.num_key_value_heads {kv_heads} does not divide "
+                f"{where}.num_attention_heads {heads}"
+            )
+    _positive_int(llm, "max_position_embeddings", "llm_config")
+    for name in ("hidden_size", "llm_vocab_size"):
+        other = "vocab_size" if name == "llm_vocab_size" else name
+        if emb[name] != llm[other]:
+            raise CheckpointError(
+                f"config.json: embedding_config.{name} {emb[name]} differs from llm_config.{other} {llm[other]} "
+                "(the embedding module feeds the LLM: they must be equal)"
+            )
+    image_token_id = _require(emb, "img_context_token_id", "embedding_config")
+    vocab = emb["llm_vocab_size"]
+    if isinstance(image_token_id, bool) or not isinstance(image_token_id, int) or not 2 <= image_token_id < vocab:
+        raise CheckpointError(
+            f"config.json: embedding_config.img_context_token_id {image_token_id!r} is outside the vocabulary of "
+            f"{vocab} tokens (it must be 2 .. {vocab - 1}: <img> and </img> take the two ids before it)"
+        )
+    patch = _positive_int(emb, "patch_size", "embedding_config")
+    if "image_size" in emb:
+        image_size, image_field = _positive_int(emb, "image_size", "embedding_config"), "embedding_config.image_size"
+    else:
+        image_size, image_field = _positive_int(original, "force_image_size", "the top level", 448), "force_image_size"
+    if image_size % patch:
+        raise CheckpointError(
+            f"config.json: {image_field} {image_size} is not a multiple of embedding_config.patch_size {patch}"
+        )
+    low = _positive_int(original, "min_dynamic_patch", "the top level", 1)
+    high = _positive_int(original, "max_dynamic_patch", "the top level", 6)
+    if low > high:
+        raise CheckpointError(f"config.json: min_dynamic_patch {low} is greater than max_dynamic_patch {high}")
+
+
 def _embedding_field(section: dict[str, Any], name: str):
     if name in section:
         return section[name]
@@ -48,6 +104,15 @@ def _rope_parameters(theta: float, scaling: dict[str, Any] | None) -> dict[str, 
 
 
 def hovle_config_from_original(original: dict[str, Any]) -> HoVLEConfig:
+    try:
+        return _hovle_config_from_original(original)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, ZeroDivisionError) as error:  # what transformers' config classes still refuse
+        raise CheckpointError(f"config.json: {str(error).strip().splitlines()[-1].strip()}") from error
+
+
+def _hovle_config_from_original(original: dict[str, Any]) -> HoVLEConfig:
     architectures = original.get("architectures")
     if architectures != [ORIGINAL_ARCHITECTURE]:
         raise CheckpointError(
@@ -56,6 +121,9 @@ def hovle_config_from_original(original: dict[str, Any]) -> HoVLEConfig:
         )
     emb = _require(original, "embedding_config", "the top level")
     llm = _require(original, "llm_config", "the top level")
+    for name, section in (("embedding_config", emb), ("llm_config", llm)):
+        if not isinstance(section, dict):
+            raise CheckpointError(f"config.json: {name} must be an object, not {type(section).__name__}")
     if llm.get("architectures") != [ORIGINAL_LLM_ARCHITECTURE]:
         raise CheckpointError(
             f"config.json: unknown llm_config.architectures {llm.get('architectures')!r}; "
@@ -67,6 +135,7 @@ def hovle_config_from_original(original: dict[str, Any]) -> HoVLEConfig:
         raise CheckpointError("config.json: embedding_config.use_pixel_shuffle_proj=false is not supported")
     if original.get("ps_version", "v2") != "v2":
         raise CheckpointError(f"config.json: ps_version {original['ps_version']!r} is not supported (only 'v2')")
+    _check_numbers(original, emb, llm)
 
     image_token_id = _require(emb, "img_context_token_id", "embedding_config")
     embedding_config = HoVLEEmbeddingConfig(

@@ -17,7 +17,7 @@ import torch
 
 from ..configuration_hovle import HoVLEConfig
 from ..modeling_hovle import HoVLEForConditionalGeneration
-from .checkpoint_io import CheckpointError
+from .checkpoint_io import CheckpointError, name_keys
 
 # Whole-key renames.
 _EXACT = {
@@ -182,7 +182,8 @@ def expected_original_shapes(config: HoVLEConfig) -> dict[str, tuple[int, ...]]:
 
 
 def check_shapes(shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], action: str) -> None:
-    """Raise a `CheckpointError` naming every unknown, missing or mis-shaped tensor of `shapes`."""
+    """Raise a `CheckpointError` naming the unknown, missing or mis-shaped tensors of `shapes` (the first few of
+    each, then how many more)."""
     unexpected = sorted(k for k in shapes if k not in expected)
     missing = sorted(k for k in expected if k not in shapes)
     wrong = [
@@ -192,20 +193,97 @@ def check_shapes(shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[i
     ]
     problems = []
     if unexpected:
-        problems.append(f"unknown tensor(s) not in the HoVLE layout: {unexpected}")
+        problems.append(f"{len(unexpected)} unknown tensor(s) not in the HoVLE layout: {name_keys(unexpected)}")
     if missing:
-        problems.append(f"missing tensor(s): {missing}")
+        problems.append(f"{len(missing)} missing tensor(s): {name_keys(missing)}")
     if wrong:
-        problems.append(f"wrong shape(s): {wrong}")
+        problems.append(f"{len(wrong)} wrong shape(s): {name_keys(wrong)}")
     if problems:
+        raise CheckpointError(f"Cannot {action}: " + "; ".join(problems))
+
+
+# What the config's sizes imply for tensors both layouts hold, checked from the tensor names and shapes alone before
+# anything is built: (original key, axis, stack, config attribute). An absurd layer count would otherwise first build
+# a meta model of that depth (minutes) and then list every missing tensor.
+_SIZE_CARRIERS = (
+    ("embedding_model.llm_text_embeddings.weight", 0, "embedding", "vocab_size"),
+    ("embedding_model.llm_text_embeddings.weight", 1, "embedding", "hidden_size"),
+    ("language_model.model.tok_embeddings.weight", 0, "text", "vocab_size"),
+    ("language_model.output.weight", 0, "text", "vocab_size"),
+    ("language_model.model.tok_embeddings.weight", 1, "text", "hidden_size"),
+    ("language_model.output.weight", 1, "text", "hidden_size"),
+    ("language_model.model.norm.weight", 0, "text", "hidden_size"),
+)
+# How each layout's config.json names those numbers.
+_CONFIG_FIELDS = {
+    "original": {
+        ("embedding", "num_hidden_layers"): "embedding_config.num_hidden_layers",
+        ("text", "num_hidden_layers"): "llm_config.num_hidden_layers",
+        ("embedding", "hidden_size"): "embedding_config.hidden_size",
+        ("text", "hidden_size"): "llm_config.hidden_size",
+        ("embedding", "vocab_size"): "embedding_config.llm_vocab_size",
+        ("text", "vocab_size"): "llm_config.vocab_size",
+    },
+    "ours": {
+        (stack, attribute): f"{'embedding_config' if stack == 'embedding' else 'text_config'}.{attribute}"
+        for stack in ("embedding", "text")
+        for attribute in ("num_hidden_layers", "hidden_size", "vocab_size")
+    },
+}
+_STACK_NAMES = {"embedding": "embedding-module", "text": "LLM"}
+_SIZE_NAMES = {"hidden_size": "hidden size", "vocab_size": "vocabulary size"}
+
+
+def check_config_against_tensors(shapes: dict[str, tuple[int, ...]], config: HoVLEConfig, layout: str) -> None:
+    """The config's layer counts, hidden sizes and vocabulary sizes against what the tensor names and shapes of a
+    checkpoint in `layout` ("original" or "ours") imply; a `CheckpointError` naming both numbers on a mismatch.
+
+    A size is blamed on the config only when every tensor that carries it agrees on another value: tensors that
+    disagree among themselves are a broken checkpoint, which `check_shapes` reports tensor by tensor."""
+    fields = _CONFIG_FIELDS[layout]
+    subs = {"embedding": config.embedding_config, "text": config.text_config}
+    problems = []
+    for stack, prefixes in _STACKS.items():
+        prefix = prefixes[0] if layout == "original" else prefixes[1]
+        pattern = re.compile(re.escape(prefix).replace(re.escape("{}"), r"(\d+)"))
+        numbers = {key: int(match.group(1)) for key in shapes if (match := pattern.match(key))}
+        held = max(numbers.values()) + 1 if numbers else 0
+        expected = subs[stack].num_hidden_layers
+        if held == expected:
+            continue
+        said = f"config.json: {fields[stack, 'num_hidden_layers']} is {expected}, but the checkpoint's tensors hold"
+        if not numbers:
+            problems.append(f"{said} no {_STACK_NAMES[stack]} layer (no {prefix.format('N')}* tensor)")
+            continue
+        found = f"{said} {held} {_STACK_NAMES[stack]} layer(s) ({prefix.format(0)}* .. {prefix.format(held - 1)}*)"
+        beyond = sorted((k for k, n in numbers.items() if n >= expected), key=lambda k: (numbers[k], k))
+        problems.append(f"{found}; tensors beyond the config's layers: {name_keys(beyond)}" if beyond else found)
+    carriers = {}
+    for original_key, axis, stack, attribute in _SIZE_CARRIERS:
+        key = original_key if layout == "original" else _EXACT[original_key]
+        if key in shapes and len(shapes[key]) > axis:
+            carriers.setdefault((stack, attribute), []).append((key, shapes[key], shapes[key][axis]))
+    for (stack, attribute), found in carriers.items():
+        expected = getattr(subs[stack], attribute)
+        values = {value for _, _, value in found}
+        if len(values) == 1 and expected not in values:
+            named = ", ".join(f"{key} has shape {list(shape)}" for key, shape, _ in found)
+            problems.append(
+                f"config.json: {fields[stack, attribute]} is {expected}, but {named} ({_SIZE_NAMES[attribute]} "
+                f"{values.pop()})"
+            )
+    if problems:
+        action = "convert" if layout == "original" else "export"
         raise CheckpointError(f"Cannot {action}: " + "; ".join(problems))
 
 
 def validate_original(shapes: dict[str, tuple[int, ...]], config: HoVLEConfig) -> None:
     """An original-layout checkpoint holds exactly the tensors `config` implies."""
+    check_config_against_tensors(shapes, config, "original")
     check_shapes(shapes, expected_original_shapes(config), "convert")
 
 
 def validate_transformers(shapes: dict[str, tuple[int, ...]], config: HoVLEConfig) -> None:
     """A transformers-layout checkpoint holds exactly our model's tensors."""
+    check_config_against_tensors(shapes, config, "ours")
     check_shapes(shapes, model_state_shapes(config), "export")

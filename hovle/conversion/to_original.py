@@ -1,10 +1,15 @@
 """A transformers-layout HoVLE folder (e.g. after fine-tuning) -> the original release layout, so the original
-InternVL code base can load it. The face is `hovle export`; the key table is `layout`'s, run backwards."""
+InternVL code base can load it. The face is `hovle export`; the key table is `layout`'s, run backwards.
+
+The release's tokenizer files that `hovle convert` kept in `original_tokenizer/` are written back at the top of the
+exported folder, so that converting the export again gives the same tokenizer."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import shutil
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -12,6 +17,7 @@ from tqdm.auto import tqdm
 from ..configuration_hovle import HoVLEConfig
 from .checkpoint_io import (
     CheckpointError,
+    NonfiniteCheck,
     StreamingSafetensorsWriter,
     TensorSource,
     parse_size,
@@ -28,6 +34,10 @@ from .layout import (
     validate_transformers,
 )
 from .output_folder import atomic_output_folder
+from .to_transformers import ORIGINAL_TOKENIZER_DIR, ORIGINAL_TOKENIZER_PATTERNS, warnings_to_stderr
+from .tokenizer import TOKENIZER_FILES
+
+logger = logging.getLogger(__name__)
 
 
 def export(
@@ -37,31 +47,65 @@ def export(
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
     progress: bool = True,
+    allow_nonfinite: bool = False,
 ) -> Path:
+    """`source` (a transformers-layout HoVLE folder or Hub id) -> the original release layout at `output`.
+
+    `allow_nonfinite`: write weights that are NaN/Inf in the source or overflow to inf in `dtype` (refused
+    otherwise, naming the tensors)."""
     out_dtype = target_dtype(dtype)
-    folder = resolve_folder(source, allow_patterns=["*.json", "*.safetensors"])
+    shard_bytes = parse_size(max_shard_size)
+    patterns = ["*.json", "*.safetensors", *(f"{ORIGINAL_TOKENIZER_DIR}/{p}" for p in ORIGINAL_TOKENIZER_PATTERNS)]
+    folder = resolve_folder(source, allow_patterns=patterns)
     try:
         config = HoVLEConfig.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as error:
         raise CheckpointError(f"{folder} has no readable HoVLE config.json: {error}") from error
     tensors = TensorSource(folder)
     validate_transformers(tensors.shapes(), config)
+    tokenizer_dir = folder / ORIGINAL_TOKENIZER_DIR
+    if not (tokenizer_dir / "tokenizer.model").is_file():
+        tokenizer_dir = None
+        logger.warning(
+            f"{source} has no {ORIGINAL_TOKENIZER_DIR}/tokenizer.model (the release tokenizer files `hovle convert` "
+            f"keeps): the exported folder will have no tokenizer. Copy {', '.join(TOKENIZER_FILES)} of the release "
+            "into it, or pass --tokenizer when converting it back"
+        )
 
     geometries = geometries_from_config(config)
     keys = list(original_keys_for(config.embedding_config.num_hidden_layers, config.text_config.num_hidden_layers))
     with atomic_output_folder(Path(output), overwrite=overwrite, inputs=[folder]) as scratch:
         original_shapes = expected_original_shapes(config)
         plan = [(key, original_shapes[key], out_dtype) for key in keys]
-        writer = StreamingSafetensorsWriter(scratch, plan, parse_size(max_shard_size))
+        writer = StreamingSafetensorsWriter(scratch, plan, shard_bytes)
+        finite = NonfiniteCheck(out_dtype)
         for key in tqdm(keys, desc="Exporting", unit="tensor", disable=not progress):
             mapping = map_original_key(key)
-            tensor = ours_to_original(mapping, [tensors.get(t) for t in mapping.targets], geometries)
-            writer.add(key, tensor.to(out_dtype))
+            parts = []
+            for target in mapping.targets:
+                tensor = tensors.get(target)
+                finite.check_source(target, tensor)
+                parts.append(tensor.to(out_dtype))
+                finite.check_cast(target, tensor, parts[-1])
+            writer.add(key, ours_to_original(mapping, parts, geometries))
+        finite.finish(allow_nonfinite)
         writer.finish()
         original = original_config_from_hovle(config, dtype=dtype)
         (scratch / "config.json").write_text(json.dumps(original, indent=2) + "\n")
+        if tokenizer_dir is not None:
+            for file in sorted(tokenizer_dir.iterdir()):
+                if file.is_file():
+                    shutil.copy2(file, scratch / file.name)
     return Path(output)
 
 
 def run(args: argparse.Namespace) -> Path:
-    return export(args.input, args.output, args.dtype, args.max_shard_size, args.overwrite)
+    with warnings_to_stderr():
+        return export(
+            args.input,
+            args.output,
+            args.dtype,
+            args.max_shard_size,
+            args.overwrite,
+            allow_nonfinite=args.allow_nonfinite,
+        )

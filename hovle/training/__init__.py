@@ -1,5 +1,6 @@
 """Training: the paper's three stages as presets of which parameters train (`stages`), the chat-format collator,
-stage-1 distillation, LoRA helpers, and the `hovle train` entry point (`train`). Accelerate configs for DDP, FSDP2
+stage-1 distillation, LoRA helpers, the `hovle train` entry point (`train`) and its up-front checks of the output
+folder and the data file (`checks`). Accelerate configs for DDP, FSDP2
 and DeepSpeed ship as package data (`accelerate_config`)."""
 
 from __future__ import annotations

@@ -4,6 +4,13 @@ A sample is `{"messages": [...chat messages...], "images": [PIL images or paths,
 collator renders each chat with the processor's template, expands the image placeholders (any tile count per
 sample), tokenizes with left padding, and supervises exactly the tokens of each assistant reply and its closing
 `<|im_end|>`; everything else (system, user turns, image tokens, padding) is `-100`.
+
+A sample with nothing to supervise (no assistant reply) raises a `ValueError` naming it (by its `_source`,
+`file:line`, when it came from `JsonLinesDataset`, else by its place in the batch), even when other samples of the
+batch have labels. It is not skipped: a batch whose labels are all `-100` gives a loss of 0/0 = `nan` (the mean over
+no tokens, or the sum divided by the Trainer's `num_items_in_batch` of 0), which the Trainer would fold silently
+into its running loss and the gradients; and a chat without a reply is a mistake in the data, which the error
+should point at rather than hide. `hovle train` refuses such lines before training starts (`checks.check_data`).
 """
 
 from __future__ import annotations
@@ -47,6 +54,14 @@ class HoVLEChatCollator:
                 # BOS has an empty (0, 0) offset; only real tokens that start inside a reply are supervised.
                 if real and any(a <= begin < b for a, b in spans):
                     labels[row, position] = encoded["input_ids"][row, position]
+        # The loss predicts token t from the tokens before it, so a label on the first position counts for nothing.
+        unsupervised = [row for row in range(len(samples)) if not (labels[row, 1:] != -100).any()]
+        if unsupervised:
+            names = ", ".join(samples[row].get("_source") or f"sample {row} of the batch" for row in unsupervised)
+            raise ValueError(
+                f"HoVLEChatCollator: nothing to supervise in {names}: no assistant reply, so every label would be "
+                "-100 and the loss nan; give each chat at least one assistant message"
+            )
         batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
         if pixel_values is not None:
             batch["pixel_values"] = torch.from_numpy(pixel_values)

@@ -49,7 +49,8 @@ def check_teacher(teacher, model) -> None:
 class DistillationCollator:
     """Unpaired samples: each is either `{"image": ...}` (one image, tiled) or `{"text_ids": [...]}` (random ids).
 
-    Image samples become `<img><IMG_CONTEXT>*n</img>` sequences with their tiles; text samples are the ids.
+    Image samples become `<img><IMG_CONTEXT>*n</img>` sequences with their tiles; text samples are the ids. A sample
+    with neither an image nor any id raises a `ValueError` (its text loss would average over nothing: `nan`).
     """
 
     def __init__(self, processor, max_tiles: int | None = None):
@@ -58,12 +59,15 @@ class DistillationCollator:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         texts, images, raw_ids = [], [], []
-        for sample in samples:
+        for index, sample in enumerate(samples):
             if "image" in sample:
                 texts.append("<image>")
                 images.append([sample["image"]])
-            else:
+            elif sample.get("text_ids") is not None and len(sample["text_ids"]) > 0:
                 raw_ids.append(list(sample["text_ids"]))
+            else:  # an empty sequence has no position to average over: its loss would be nan
+                name = sample.get("_source") or f"sample {index} of the batch"
+                raise ValueError(f'DistillationCollator: {name} has neither "image" nor non-empty "text_ids"')
         batch: dict[str, torch.Tensor] = {}
         if texts:
             inputs = self.processor(

@@ -9,21 +9,31 @@ Data (JSON lines):
 * stages 2 and 3: `{"messages": [chat messages], "images": ["path.jpg", ...]}`; labels cover the assistant replies;
 * stage 1: `{"image": "path.jpg"}` or `{"text_ids": [..]}` lines (unpaired), plus `--teacher` (a transformers model
   with `get_image_features`, e.g. a native InternVL checkpoint whose features have the LLM's width).
+
+Before a model is loaded, the arguments and every line of the data file are checked (`checks`: an output that is,
+contains or lies inside the model folder, a non-empty output without `--overwrite`, a missing or malformed data line,
+a missing image, a chat without an assistant reply, ...); a refusal is one line and nothing is written. The trained
+model replaces the output folder when training finishes (`--overwrite` allows replacing a non-empty one).
+
+Device: a GPU when torch sees one; otherwise the CPU, with a status line (no `--cpu` needed). `--bf16` works on the
+CPU as well (torch's bfloat16 CPU kernels; slow on CPUs without native bfloat16); a GPU without bfloat16 is refused.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from transformers import AutoModel, Trainer, TrainingArguments
 
-from ..cli import add_train_arguments
+from ..cli import add_train_arguments, status, user_errors
+from ..conversion.output_folder import atomic_output_folder
 from ..loading import load_model_and_processor
+from .checks import TrainingInputError, check_data, check_output, json_lines
 from .collator import HoVLEChatCollator
 from .compat import CHECKPOINTING_FIELD
 from .distillation import DistillationCollator, DistillationTrainer, check_teacher
@@ -31,9 +41,15 @@ from .stages import apply_stage
 
 
 class JsonLinesDataset(torch.utils.data.Dataset):
+    """The samples of a JSON-lines file; image paths relative to the file; each sample's `_source` is `file:line`
+    (the collators name a bad sample by it)."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        self.rows, self.lines = [], []
+        for number, row in json_lines(self.path):
+            self.rows.append(row)
+            self.lines.append(number)
         if not self.rows:
             raise ValueError(f"{self.path} holds no samples")
 
@@ -43,10 +59,11 @@ class JsonLinesDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         row = dict(self.rows[index])
         base = self.path.parent
-        if "images" in row:  # relative paths are relative to the data file
+        if "images" in row and row["images"]:  # relative paths are relative to the data file
             row["images"] = [str(base / p) if not Path(p).is_absolute() else p for p in row["images"]]
         if "image" in row and not Path(row["image"]).is_absolute():
             row["image"] = str(base / row["image"])
+        row["_source"] = f"{self.path.name}:{self.lines[index]}"
         return row
 
 
@@ -58,16 +75,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def accelerator_available() -> bool:
+    """Whether torch sees a GPU (CUDA, or another accelerator such as MPS) that the Trainer would use."""
+    if torch.cuda.is_available():
+        return True
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return bool(accelerator is not None and accelerator.is_available())
+
+
+def check_arguments(args: argparse.Namespace) -> dict[str, int]:
+    """Everything that can be refused before a model is loaded (`checks` module); returns `check_data`'s summary."""
+    if args.stage == 1 and not args.teacher:
+        raise TrainingInputError(
+            "stage 1 (distillation) needs --teacher: a model folder or Hub id with get_image_features whose "
+            "features have the LLM's width (e.g. a native InternVL checkpoint)"
+        )
+    for flag, name in (("--model", args.model), ("--teacher", args.teacher)):
+        text = str(name) if name is not None else ""
+        if text and not Path(text).exists() and (text.startswith((".", "/", "~")) or text.count("/") != 1):
+            raise TrainingInputError(f"{flag} {text}: no such folder (and not a Hub id of the form owner/name)")
+    check_output(args.output, args.model, args.data, args.teacher, getattr(args, "overwrite", False))
+    return check_data(args.data, args.stage)
+
+
 def run(args: argparse.Namespace) -> Path:
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
-    model, processor = load_model_and_processor(args.model, getattr(args, "trust_remote_code", False), dtype=dtype)
-    apply_stage(model, args.stage)
-    if args.lora:
-        from peft import get_peft_model
-
-        from .lora import lora_config
-
-        model = get_peft_model(model, lora_config(args.lora))
+    summary = check_arguments(args)
+    cpu = args.cpu or not accelerator_available()
+    if not args.cpu and cpu:
+        status("No GPU available: training on the CPU")
+    if args.bf16 and not cpu and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise TrainingInputError(
+            f"--bf16: this GPU ({torch.cuda.get_device_name()}) has no bfloat16; leave out --bf16 (float32) or pass --cpu"
+        )
     training_args = TrainingArguments(
         output_dir=args.output,
         per_device_train_batch_size=args.batch_size,
@@ -82,17 +121,33 @@ def run(args: argparse.Namespace) -> Path:
         remove_unused_columns=False,
         **{CHECKPOINTING_FIELD: args.gradient_checkpointing},
         train_sampling_strategy="sequential" if args.sequential else "random",
-        use_cpu=args.cpu,
+        use_cpu=cpu,
         bf16=args.bf16,
         seed=args.seed,
         data_seed=args.seed,
-        ddp_backend="gloo" if args.cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_backend="gloo" if cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    model, processor = load_model_and_processor(args.model, getattr(args, "trust_remote_code", False), dtype=dtype)
+    vocab_size = model.config.text_config.vocab_size
+    if summary["max_text_id"] >= vocab_size:
+        raise TrainingInputError(
+            f"{args.data}: a text_ids entry is {summary['max_text_id']}, past the model's vocabulary of {vocab_size}"
+        )
+    apply_stage(model, args.stage)
+    if args.lora:
+        from peft import get_peft_model
+
+        from .lora import lora_config
+
+        model = get_peft_model(model, lora_config(args.lora))
     dataset = JsonLinesDataset(args.data)
     if args.stage == 1:
-        if not args.teacher:
-            raise SystemExit("stage 1 needs --teacher")
-        teacher = AutoModel.from_pretrained(args.teacher, dtype=dtype)
+        try:
+            teacher = AutoModel.from_pretrained(args.teacher, dtype=dtype)
+        except OSError as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise TrainingInputError(f"Cannot load the teacher {args.teacher}: {first_line}") from error
         check_teacher(teacher, model)
         trainer = DistillationTrainer(
             model=model,
@@ -110,18 +165,29 @@ def run(args: argparse.Namespace) -> Path:
         )
     trainer.train()
     if trainer.is_world_process_zero():
-        if args.lora:
-            from .lora import merge_and_save
+        # The finished model replaces the output folder as a whole (scratch folder, then a swap): nothing of an
+        # earlier run's files (an adapter config, other shards) stays to mix with it.
+        inputs = [path for path in (args.model, args.teacher, args.data) if path and Path(path).exists()]
+        with atomic_output_folder(args.output, overwrite=getattr(args, "overwrite", False), inputs=inputs) as scratch:
+            if args.lora:
+                from .lora import merge_and_save
 
-            merge_and_save(trainer.model, args.output, processor)
-        else:
-            trainer.save_model(args.output)
-            processor.save_pretrained(args.output)
+                merge_and_save(trainer.model, scratch, processor)
+            else:
+                trainer.save_model(str(scratch))
+                processor.save_pretrained(scratch)
     return Path(args.output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
+    """`python -m hovle.training.train` (under torchrun or accelerate launch): as `hovle train`, one `error:` line and
+    status 2 for a bad input."""
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except user_errors() as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
