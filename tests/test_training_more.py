@@ -183,3 +183,7 @@ def test_cli_train_stage3(tiny_hub_folder, tmp_path):
     reloaded = AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=True)
     assert type(reloaded).__name__ == "HoVLEForConditionalGeneration"
     assert json.loads((out / "processor_config.json").read_text())["processor_class"] == "HoVLEProcessor"
+    # The trained folder carries what the converted one did: its remote code and the release's tokenizer files.
+    for name in ("configuration_hovle.py", "modeling_hovle.py", "processing_hovle.py", "chat_hovle.py"):
+        assert (out / name).is_file(), name
+    assert (out / "original_tokenizer" / "tokenizer.model").is_file()

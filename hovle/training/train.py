@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from transformers import AutoModel, Trainer, TrainingArguments
 
 from ..cli import add_train_arguments, status, user_errors
 from ..conversion.output_folder import atomic_output_folder
+from ..conversion.to_transformers import ORIGINAL_TOKENIZER_DIR, copy_remote_code
 from ..loading import load_model_and_processor
 from .checks import TrainingInputError, check_data, check_output, json_lines
 from .collator import HoVLEChatCollator
@@ -176,7 +178,18 @@ def run(args: argparse.Namespace) -> Path:
             else:
                 trainer.save_model(str(scratch))
                 processor.save_pretrained(scratch)
+            keep_folder_companions(args.model, scratch)
     return Path(args.output)
+
+
+def keep_folder_companions(model_source: str, output: Path) -> None:
+    """What a converted folder carries beside the weights, carried over to the trained one: the remote-code files
+    (so it loads with `trust_remote_code=True` wherever the package is absent) and the release's tokenizer files
+    (so `hovle export` can write them back)."""
+    copy_remote_code(output)
+    kept = Path(model_source) / ORIGINAL_TOKENIZER_DIR
+    if kept.is_dir():
+        shutil.copytree(kept, output / ORIGINAL_TOKENIZER_DIR, dirs_exist_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
