@@ -76,12 +76,22 @@ def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="original-format folder or Hub repo id")
+def add_checkpoint_writing_arguments(parser: argparse.ArgumentParser, input_help: str, dtype: str) -> None:
+    """What `convert` and `export` share: where from, where to, in which dtype and shards."""
+    parser.add_argument("--input", required=True, help=input_help)
     parser.add_argument("--output", required=True, help="folder to write (must be empty or absent)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", default=dtype, choices=["bfloat16", "float16", "float32"], help=f"default {dtype}")
     parser.add_argument("--max-shard-size", default="5GB", help="e.g. 5GB, 500MB")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="write weights that are NaN/Inf in the source or that overflow to inf in --dtype (refused otherwise)",
+    )
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    add_checkpoint_writing_arguments(parser, "original-format folder or Hub repo id", "bfloat16")
     parser.add_argument("--push-to-hub", metavar="REPO", help="upload the result to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     parser.add_argument(
@@ -90,26 +100,11 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
         help="take the release's tokenizer files (tokenizer.model, tokenizer_config.json, ...) from this folder or "
         "Hub repo instead of --input (needed when --input has none: without a tokenizer there is no processor)",
     )
-    parser.add_argument(
-        "--allow-nonfinite",
-        action="store_true",
-        help="write weights that are NaN/Inf in the source or that overflow to inf in --dtype (refused otherwise)",
-    )
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="transformers-format HoVLE folder or Hub repo id")
-    parser.add_argument("--output", required=True, help="folder to write (must be empty or absent)")
-    parser.add_argument(
-        "--dtype", default="float32", choices=["bfloat16", "float16", "float32"], help="the release stores float32"
-    )
-    parser.add_argument("--max-shard-size", default="5GB", help="e.g. 5GB, 500MB")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
-    parser.add_argument(
-        "--allow-nonfinite",
-        action="store_true",
-        help="write weights that are NaN/Inf in the source or that overflow to inf in --dtype (refused otherwise)",
-    )
+    # The release stores float32.
+    add_checkpoint_writing_arguments(parser, "transformers-format HoVLE folder or Hub repo id", "float32")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,16 @@ from hovle.testing import tiny_config
 def fixture_dir() -> Path:
     assert (FIXTURE / "original" / "config.json").exists(), f"golden fixture not found at {FIXTURE}"
     return FIXTURE
+
+
+@pytest.fixture
+def source(tmp_path, fixture_dir) -> Path:
+    """A writable copy of the golden fixture's tiny original-layout checkpoint (no tokenizer)."""
+    folder = tmp_path / "source"
+    shutil.copytree(fixture_dir / "original", folder)
+    for file in folder.iterdir():
+        file.chmod(0o644)
+    return folder
 
 
 @pytest.fixture(scope="session")

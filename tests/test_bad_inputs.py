@@ -1,7 +1,6 @@
 """Every bad input gets a clear error naming the problem, and nothing is written."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -11,15 +10,6 @@ from safetensors.torch import load_file, save_file
 from hovle.cli import main
 from hovle.conversion.checkpoint_io import CheckpointError
 from hovle.conversion.to_transformers import convert
-
-
-@pytest.fixture
-def source(tmp_path, fixture_dir):
-    folder = tmp_path / "source"
-    shutil.copytree(fixture_dir / "original", folder)
-    for file in folder.iterdir():
-        file.chmod(0o644)
-    return folder
 
 
 def rewrite(folder, change):

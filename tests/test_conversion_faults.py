@@ -3,7 +3,6 @@ left after the run or after the next one, and a previous output is either intact
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,13 +28,6 @@ def digest(folder: Path) -> dict[str, str]:
 
 def strays(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if ".partial-" in p.name or p.name.endswith(".lock"))
-
-
-@pytest.fixture
-def source(tmp_path, fixture_dir) -> Path:
-    folder = tmp_path / "original"
-    shutil.copytree(fixture_dir / "original", folder)
-    return folder
 
 
 @pytest.fixture

@@ -26,16 +26,6 @@ NO_TOKENIZER = (
 )
 
 
-@pytest.fixture
-def source(tmp_path, fixture_dir):
-    """A writable copy of the tiny original-layout checkpoint (no tokenizer)."""
-    folder = tmp_path / "source"
-    shutil.copytree(fixture_dir / "original", folder)
-    for file in folder.iterdir():
-        file.chmod(0o644)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     """The release's tokenizer files for the tiny vocabulary (tokenizer.model + tokenizer_config.json)."""
