@@ -12,7 +12,8 @@ demo: install            ## `hovle chat` on the embedded default: a tiny untrain
 	HF_HUB_OFFLINE=1 $(VENV)/bin/hovle chat --image scripts/sample.png "What is in this picture?"
 	HF_HUB_OFFLINE=1 $(PY) scripts/quickstart.py
 
-test: install            ## the whole suite (a few minutes on 2 cores)
+test: install            ## the whole suite (a few minutes on 2 cores), transformers' common model tests included
+	scripts/fetch_transformers_tests.sh $(VENV)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 test-fast: install       ## the suite without child processes, multi-process runs and compiles
@@ -23,6 +24,7 @@ check-dist:              ## wheel + sdist build, wheel install in a fresh venv, 
 
 test-oldest:             ## the suite on the oldest supported transformers (pyproject.toml's floor)
 	scripts/install.sh .venv-oldest $(OLDEST_TRANSFORMERS)
+	scripts/fetch_transformers_tests.sh .venv-oldest
 	HF_HUB_OFFLINE=1 .venv-oldest/bin/python -m pytest -q tests
 
 LINT_VENV ?= .venv-lint

@@ -593,6 +593,22 @@ class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, Genera
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """transformers' resize of the input table (the embedding module's) and the LM head, plus what it does not
+        know of: the embedding module's config and the LLM's own token table (stage I's text teacher, kept for the
+        export) follow, so the resized model saves, reloads and exports consistently."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size = embeddings.num_embeddings
+        language_model = self.model.language_model
+        language_model.embed_tokens = self._get_resized_embeddings(
+            language_model.embed_tokens, size, mean_resizing=mean_resizing
+        )
+        self.config.embedding_config.vocab_size = size
+        self.config.text_config.vocab_size = size
+        return embeddings
+
     def tiles_per_row(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, num_tiles: int):
         """How many of the `num_tiles` tiles of `pixel_values` belong to each row of the batch (their image tokens
         counted per row); `pixel_values` holds them row after row."""

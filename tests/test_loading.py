@@ -32,3 +32,22 @@ def test_installed_package_loads_a_converted_folder_without_its_code(tiny_hub_fo
 def test_trust_remote_code_runs_the_folders_code(tiny_hub_folder):
     model, _ = load_model_and_processor(tiny_hub_folder, trust_remote_code=True)
     assert type(model).__module__.startswith("transformers_modules")
+
+
+def test_a_resized_vocabulary_saves_reloads_and_exports(tmp_path):
+    """`resize_token_embeddings` keeps both stacks' tables and configs in step (added tokens for fine-tuning)."""
+    from helpers import build_model
+
+    from hovle.conversion.to_original import export
+
+    model = build_model("pre", "sdpa")
+    model.resize_token_embeddings(1032)
+    assert model.config.embedding_config.vocab_size == model.config.text_config.vocab_size == 1032
+    assert model.model.language_model.embed_tokens.num_embeddings == model.lm_head.out_features == 1032
+    model.save_pretrained(tmp_path / "resized")
+    reloaded = HoVLEForConditionalGeneration.from_pretrained(tmp_path / "resized")
+    ids = torch.tensor([[1, 5, 1031]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=0, rtol=0)
+    export(tmp_path / "resized", tmp_path / "original", progress=False)
+    assert (tmp_path / "original" / "model.safetensors").exists()
