@@ -59,3 +59,17 @@ def test_chat_bf16_compiled_decoding_runs():
     result = run_cli("chat", "--dtype", "bfloat16", "--compile", "--max-new-tokens", "3", "Hello?")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [[], ["chat"], ["convert"], ["export"], ["train"]])
+def test_help_answers_without_importing_torch(command):
+    code = (
+        "import sys\nfrom hovle.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\nprint('no torch')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *command, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: hovle {' '.join(command)}".rstrip()) and "no torch" in result.stdout
