@@ -52,9 +52,10 @@ def test_lora_trains_merges_and_reloads(tiny_hub_folder, processor, tmp_path):
     base_logits = load_model(tiny_hub_folder).eval()(**batch).logits.detach()
     assert (adapter_logits - base_logits).abs().max() > 1e-3, "the adapters must have learned something"
     # Folding B@A into W re-rounds every weight in float32; the tiny model's random weights give logits of
-    # magnitude ~10^1, so the tolerance is relative to that scale (1e-5 of the largest logit).
+    # magnitude ~10^1, so the tolerance is relative to that scale: 5e-5 of the largest logit (a fresh environment
+    # showed 1.4e-5 on 3 of 731,136 logits; a wrong merge is off by the adapters' effect, more than 1e-3).
     scale = adapter_logits.abs().max().item()
-    torch.testing.assert_close(merged_logits, adapter_logits, atol=1e-5 * scale, rtol=0)
+    torch.testing.assert_close(merged_logits, adapter_logits, atol=5e-5 * scale, rtol=0)
     assert not any("lora" in k for k in reloaded.state_dict())
 
 
