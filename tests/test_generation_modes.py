@@ -181,3 +181,16 @@ def test_past_key_values_keyword_warns_like_transformers_models(model):
     torch.testing.assert_close(step, expected, atol=1e-4, rtol=0)
     messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     assert any("past_key_values" in m and "cache" in m for m in messages) == renamed, messages
+
+
+@pytest.mark.parametrize("side", [4, 32])
+def test_pixel_shuffle_has_internvls_ordering(side):
+    """HoVLE's pixel shuffle equals transformers' `InternVLModel.pixel_shuffle` (InternVL's "v2" ordering); that
+    method reads nothing from its instance, so the oracle is called without one."""
+    from transformers.models.internvl.modeling_internvl import InternVLModel
+
+    from hovle.modeling_hovle import pixel_shuffle
+
+    grid = torch.randn(3, side, side, 16, generator=torch.Generator().manual_seed(side))
+    expected = InternVLModel.pixel_shuffle(None, grid, scale_factor=0.5)
+    assert torch.equal(pixel_shuffle(grid, 0.5), expected)
