@@ -124,7 +124,8 @@ def vllm_run(folder: Path, requests, bos: str) -> dict:
         model=str(folder),
         dtype="float32",
         max_model_len=4096,
-        gpu_memory_utilization=0.15,  # of the machine's RAM, on the CPU backend
+        # Of the RAM of the machine's NUMA node on the CPU backend: weights, profiling activations and the KV cache.
+        gpu_memory_utilization=0.4,
         enforce_eager=True,
         limit_mm_per_prompt={"image": 3},
     )

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from hovle.conversion.checkpoint_io import CheckpointError
 from hovle.conversion.to_transformers import convert
-from hovle.conversion.tokenizer import TOKENIZER_FILES, build_processor, convert_tokenizer
+from hovle.conversion.tokenizer import TOKENIZER_FILES, build_processor, convert_tokenizer, exact_decoding_backend
 from hovle.processing_hovle import DEFAULT_SYSTEM_MESSAGE
 from hovle.testing import tiny_config_real_vocab, write_original_checkpoint
 
@@ -183,6 +183,19 @@ def test_ids_and_decode_equal_the_slow_tokenizer(fast, reference, text):
     assert fast(text)["input_ids"] == expected
     assert fast(text, add_special_tokens=False)["input_ids"] == reference.encode(text, add_special_tokens=False)
     assert fast.decode(expected, skip_special_tokens=True) == reference.decode(expected)
+
+
+def test_exact_decoding_gives_back_the_encoded_text(fast):
+    """`exact_decoding_backend` (vLLM's placeholder replacement decodes, edits and re-encodes prompts) returns text
+    that encodes to the same ids, where the release's decoding clean-up does not ("What is it ?" -> "What is it?")."""
+    exact = exact_decoding_backend(fast)
+    changed_by_clean_up = 0
+    for text in [*CORPUS, "<s><|im_start|>user\n<image>\nWhat is it ? It 's a cat .<|im_end|>"]:
+        ids = fast(text, add_special_tokens=False)["input_ids"]
+        decoded = exact.decode(ids, skip_special_tokens=False)
+        assert fast(decoded, add_special_tokens=False)["input_ids"] == ids, text
+        changed_by_clean_up += fast.decode(ids) != decoded
+    assert changed_by_clean_up > 0  # the texts include what the clean-up changes
 
 
 def test_special_tokens_and_settings(fast):
