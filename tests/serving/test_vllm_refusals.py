@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from vllm_helpers import build_served_folder
-
-DYNAMIC_ROPE = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}
+from vllm_helpers import RELEASE_ROPE, build_served_folder
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +17,9 @@ def hd_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dynamic_rope_folder(tmp_path_factory) -> Path:
-    """The release's rope: dynamic NTK, factor 2, over a context of 4096 positions here."""
-    return build_served_folder(tmp_path_factory.mktemp("dynamic"), rope_parameters=DYNAMIC_ROPE)
+def dynamic_rope_folder(served_folder) -> Path:
+    """The release's rope (dynamic NTK, factor 2), over a context of 4096 positions here."""
+    return served_folder
 
 
 def engine_config(folder: Path, **options):
@@ -60,7 +58,7 @@ def test_default_context_is_the_llms_not_the_rope_factors(dynamic_rope_folder):
 
     hovle.register_auto_classes()
     text_config = AutoConfig.from_pretrained(dynamic_rope_folder).text_config
-    assert text_config.rope_parameters["factor"] == 2.0  # vLLM alone would serve 2 x 4096 positions
+    assert text_config.rope_parameters == RELEASE_ROPE  # vLLM alone would serve factor x 4096 positions
     assert engine_config(dynamic_rope_folder).model_config.max_model_len == text_config.max_position_embeddings
 
 

@@ -12,8 +12,14 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_m
 HEAD_DIM_64 = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1}
 
 
+# The release's LLM rope: InternLM2's dynamic NTK scaling (vLLM tabulates it; below the context it is the plain rope).
+RELEASE_ROPE = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}
+
+
 def build_served_folder(root: Path, pixel_shuffle_loc: str = "pre", **text_overrides) -> Path:
-    """A tiny random HoVLE with InternLM2's real tokenizer and 448 px tiles (256 tokens each), converted."""
+    """A tiny random HoVLE with InternLM2's real tokenizer, the release's rope and 448 px tiles (256 tokens each),
+    converted."""
+    text_overrides.setdefault("rope_parameters", RELEASE_ROPE)
     from hovle.conversion.to_transformers import convert
     from hovle.testing import tiny_config_real_vocab, write_original_checkpoint
 
