@@ -61,6 +61,53 @@ def cuda_environment() -> dict[str, Any]:
     }
 
 
+# -- the memory-bandwidth bound --------------------------------------------------------------------------------
+
+
+def rated_memory_bandwidth(device: int = 0) -> float | None:
+    """The card's rated DRAM bandwidth in bytes/s from `torch.cuda.get_device_properties` (memory clock x bus width,
+    double data rate); `None` where this torch does not report them."""
+    properties = torch.cuda.get_device_properties(device)
+    clock_khz = getattr(properties, "memory_clock_rate", None)
+    bus_bits = getattr(properties, "memory_bus_width", None)
+    if not clock_khz or not bus_bits:
+        return None
+    return 2 * clock_khz * 1e3 * bus_bits / 8
+
+
+def measured_copy_bandwidth(gigabytes: float = 2.0, repeats: int = 10) -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written per second, best of `repeats`): what
+    streaming weights through the GPU can reach in practice, the denominator of every bound in the reports."""
+    source = torch.empty(int(gigabytes * 1e9) // 2, dtype=torch.bfloat16, device="cuda")
+    target = torch.empty_like(source)
+
+    def copy() -> None:
+        target.copy_(source)
+
+    copy()  # warm-up
+    seconds = best_of(copy, repeats, torch.cuda.synchronize)
+    return 2 * source.numel() * source.element_size() / seconds
+
+
+def bytes_of(modules) -> int:
+    """Bytes of the parameters of `modules` (an iterable of `nn.Module`)."""
+    return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
+
+
+def kv_cache_bytes_read(config, layers: int, batch: int, positions: float, dtype: torch.dtype) -> float:
+    """Bytes of keys and values one decoding step reads from `layers` layers of `positions` cached positions each."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_position = 2 * config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
+    return layers * batch * positions * per_position
+
+
+def bound_report(measured_ms: float, bytes_per_step: float, bandwidth: float) -> dict[str, float]:
+    """A decoding step against its memory-bandwidth bound: the time `bytes_per_step` take at `bandwidth`, and the
+    fraction of that bound reached (1.0 = at the bound)."""
+    bound_ms = bytes_per_step / bandwidth * 1e3
+    return {"bound_ms": bound_ms, "fraction_of_bound": bound_ms / measured_ms}
+
+
 # -- timing ----------------------------------------------------------------------------------------------------
 
 
@@ -139,6 +186,24 @@ def image_prompt(
     image = [config.image_start_token_id] + [config.image_token_id] * (tiles * config.tokens_per_tile)
     text = range(first_text_id, first_text_id + text_tokens)
     return torch.tensor([[1, *before, *image, config.image_end_token_id, *text]], device=device)
+
+
+def left_padded_image_batch(
+    config: HoVLEConfig, rows: int, device: str | torch.device | None = None, dtype: torch.dtype = torch.bfloat16
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`rows` prompts of 1 to 3 tiles and 10 to 40 text tokens, left-padded with id 2: (ids, attention mask, pixel
+    values of every row's tiles in row order)."""
+    prompts, tiles = [], []
+    for row in range(rows):
+        tiles.append(1 + row % 3)
+        prompts.append(image_prompt(config, tiles[-1], text_tokens=10 + (7 * row) % 31, first_text_id=100)[0])
+    width = max(len(prompt) for prompt in prompts)
+    ids = torch.full((rows, width), 2, dtype=torch.long)
+    mask = torch.zeros((rows, width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = prompt
+        mask[row, width - len(prompt) :] = 1
+    return ids.to(device), mask.to(device), random_pixels(config, sum(tiles), dtype, device=device)
 
 
 def text_prompt_like(ids: torch.Tensor) -> torch.Tensor:

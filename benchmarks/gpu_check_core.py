@@ -8,7 +8,10 @@ FIXTURE_DIR is the golden fixture (`tests/fixtures/original_tiny`: `original/`, 
 1. the golden fixture converted and loaded with trust_remote_code on CUDA (float32, TF32 off): logits and greedy
    tokens against the original implementation's outputs;
 2. for `pre` and `post`, each available attention backend (eager, sdpa, flash_attention_2 if importable) in
-   bfloat16: cached greedy decoding == no-cache decoding, and a left-padded batch row == the prompt alone.
+   bfloat16: cached greedy decoding == no-cache decoding, and a left-padded batch row == the prompt alone;
+3. for `pre` and `post`, float32 sdpa, a left-padded image batch: `cache_implementation="static"`, which generate()
+   compiles by itself on CUDA (CUDA graphs, `mode="reduce-overhead"`), gives the dynamic cache's greedy tokens and
+   logits, on the first call and on a second one that replays the recorded graphs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,16 @@ from hovle.conversion.to_transformers import convert
 from hovle.modeling_hovle import HoVLEForConditionalGeneration
 from hovle.testing import tiny_config
 
-from common import argument_parser, attempt, cuda_environment, greedy_generate, image_prompt, random_pixels, write_json
+from common import (
+    argument_parser,
+    attempt,
+    cuda_environment,
+    greedy_generate,
+    image_prompt,
+    left_padded_image_batch,
+    random_pixels,
+    write_json,
+)
 
 
 def golden(fixture: str, device: str) -> dict:
@@ -81,6 +93,29 @@ def decoding(loc: str, attn: str, device: str) -> dict:
     }
 
 
+def static_compiled(loc: str, device: str) -> dict:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    config = tiny_config(loc)
+    config._attn_implementation = "sdpa"
+    model = HoVLEForConditionalGeneration(config).to(device).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.2)
+    ids, mask, pixels = left_padded_image_batch(config, 8, device=device, dtype=torch.float32)
+    kwargs = {"attention_mask": mask, "pixel_values": pixels, "output_logits": True, "return_dict_in_generate": True}
+    dynamic = greedy_generate(model, 12, input_ids=ids, **kwargs)
+    report = {}
+    for call in ("first_call", "replay"):
+        static = greedy_generate(model, 12, input_ids=ids, cache_implementation="static", **kwargs)
+        difference = (torch.stack(static.logits) - torch.stack(dynamic.logits)).abs().max().item()
+        report[call] = {
+            "tokens_equal": torch.equal(static.sequences, dynamic.sequences),
+            "max_abs_logit_diff": difference,
+        }
+    return report
+
+
 def main() -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("fixture", metavar="FIXTURE_DIR")
@@ -95,6 +130,7 @@ def main() -> None:
     for loc in ("pre", "post"):
         for attn in backends:
             report[f"bf16_{loc}_{attn}"] = attempt(lambda loc=loc, attn=attn: decoding(loc, attn, device))
+        report[f"fp32_{loc}_static_compiled"] = attempt(lambda loc=loc: static_compiled(loc, device))
     report["seconds"] = round(time.time() - start, 1)
     write_json(args.out, report)
     print(json.dumps(report, indent=2))

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache, StaticLayer
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
@@ -73,8 +72,11 @@ def _empty_layer_like(layer: DynamicLayer | StaticLayer, layer_class: type | Non
 
 
 # The `post` layout's embedding stream is longer than the LLM stream and keeps its own padding mask across decoding
-# steps: the one piece of state the shared cache has no slot for, kept here per cache object (and gone with it).
-_EMBEDDING_STREAM_MASKS: weakref.WeakKeyDictionary[Cache, torch.Tensor] = weakref.WeakKeyDictionary()
+# steps: the one piece of state the shared cache has no slot for, kept on the cache object under this attribute (and
+# gone with it; transformers marks its caches the same way, e.g. `_is_user_defined`). Over a dynamic cache the mask
+# grows with the stream; over a static cache it spans the layers' whole length, is made and written by eager forwards
+# (prompts) only, and the compiled decoding step reads it as a graph input reached through the cache argument.
+_STREAM_MASK_ATTRIBUTE = "_hovle_embedding_stream_mask"
 
 
 def pixel_shuffle(grid: torch.Tensor, scale_factor: float) -> torch.Tensor:
@@ -311,8 +313,25 @@ class HoVLEModel(HoVLEPreTrainedModel):
         )
 
     # -- cache -------------------------------------------------------------------------------------------------
+    def embedding_stream_length(self, llm_length: int, pixel_values: torch.Tensor | None = None) -> int:
+        """The embedding stream's length for `llm_length` LLM positions holding the tiles of `pixel_values`: the same
+        in the `pre` layout; in `post` each tile's `tokens_per_tile` image tokens are all its patches there. With the
+        tiles of a whole batch this bounds every row (a row's stream is at most the longest row's)."""
+        if self.config.embedding_config.pixel_shuffle_loc == "pre" or pixel_values is None:
+            return llm_length
+        patches = self.config.embedding_config.patches_per_side**2
+        return llm_length + pixel_values.shape[0] * (patches - self.config.tokens_per_tile)
+
+    def add_embedding_cache_layers(self, cache: StaticCache, max_cache_len: int) -> StaticCache:
+        """Append the embedding module's layers (`L..L+E-1`), `max_cache_len` slots long, to a static cache made for
+        the LLM's: transformers' own static layers for the embedding config, in place before the first forward."""
+        cache.layers.extend(StaticCache(config=self.config.embedding_config, max_cache_len=max_cache_len).layers)
+        return cache
+
     def _prepare_shared_cache(self, cache: Cache | None, use_cache: bool) -> Cache | None:
-        """Make sure the cache has room for the embedding module's layers after the LLM's."""
+        """Make sure the cache has room for the embedding module's layers after the LLM's: a dynamic cache (or a
+        caller's static cache sized for the LLM alone, `pre` layout) gets them here; `generate()`'s static cache has
+        them from the start (`HoVLEForConditionalGeneration._prepare_static_cache`)."""
         if cache is None:
             if not use_cache:
                 return None
@@ -327,8 +346,10 @@ class HoVLEModel(HoVLEPreTrainedModel):
         supported = stock | {self.cache_layer_types[t] for t in stock if t in self.cache_layer_types}
         if type(template) not in supported:
             raise NotImplementedError(
-                f"A {type(cache).__name__} with {type(template).__name__} layers is not supported for "
-                f"pixel_shuffle_loc={self.config.embedding_config.pixel_shuffle_loc!r}: use the default dynamic cache"
+                f"A {type(cache).__name__} with {type(template).__name__} layers and no room for the embedding "
+                f"module's layers is not supported for pixel_shuffle_loc="
+                f"{self.config.embedding_config.pixel_shuffle_loc!r}: use the default dynamic cache, or "
+                "generate(cache_implementation='static'), whose static cache holds every layer"
             )
         cache.layers.extend(_empty_layer_like(template) for _ in range(total - len(cache.layers)))
         return cache
@@ -524,15 +545,15 @@ class HoVLEModel(HoVLEPreTrainedModel):
         (by `patches - tokens_per_tile` per tile) and keeps its own padding mask and positions."""
         batch, length, hidden = inputs_embeds.shape
         device = inputs_embeds.device
-        new_mask = (
-            attention_mask[:, -length:]
-            if attention_mask is not None
-            else torch.ones(batch, length, dtype=torch.long, device=device)
-        )
+        # Only a 2-D mask tells padding; a 4-D one is the LLM's own (a static cache's decoding step, prepared by
+        # generate()): the step's new token is real, so its stream slot is too.
+        new_mask = attention_mask[:, -length:] if attention_mask is not None and attention_mask.ndim == 2 else None
         if pixel_values is None:
             # Text only (decode steps, text prompts): both streams advance one slot per token.
             stream_embeds, stream_new_mask, llm_slots, image_slots = inputs_embeds, new_mask, None, None
         else:
+            if new_mask is None:
+                new_mask = torch.ones(batch, length, dtype=torch.long, device=device)
             image_mask = self._image_token_mask(input_ids, inputs_embeds, pixel_values.shape[0])  # (B, S)
             ratio = self.config.embedding_config.patches_per_side**2 // self.config.tokens_per_tile
             # Each image token of the LLM stream stands for `ratio` patch slots of the embedding stream.
@@ -553,14 +574,13 @@ class HoVLEModel(HoVLEPreTrainedModel):
             patches = self.embedding_model.vision_embeddings(pixel_values).reshape(-1, hidden)
             stream_embeds = stream_embeds.masked_scatter(image_slots.unsqueeze(-1), patches.to(stream_embeds.dtype))
 
-        past_mask = _EMBEDDING_STREAM_MASKS.get(cache) if cache is not None else None
-        if past_mask is not None:
-            past_mask = past_mask[:, : cache.get_seq_length(self.num_text_layers)]  # survives `crop()`
-        stream_mask = stream_new_mask if past_mask is None else torch.cat([past_mask, stream_new_mask], dim=-1)
-        if cache is not None:
-            _EMBEDDING_STREAM_MASKS[cache] = stream_mask
-        query_length = stream_embeds.shape[1]
-        stream_positions = positions_from_mask(stream_mask, stream_mask.shape[1] - query_length, query_length, device)
+        stream_layer = cache.layers[self.num_text_layers] if cache is not None else None
+        if isinstance(stream_layer, StaticLayer):
+            stream_mask, stream_positions = self._static_stream_mask(
+                cache, stream_layer, stream_new_mask, stream_embeds
+            )
+        else:
+            stream_mask, stream_positions = self._growing_stream_mask(cache, stream_new_mask, stream_embeds)
         stream_out = self.embedding_model(stream_embeds, stream_mask, stream_positions, cache)
         if pixel_values is None:
             return stream_out
@@ -570,6 +590,52 @@ class HoVLEModel(HoVLEPreTrainedModel):
         image_states = stream_out[image_slots].reshape(tiles, -1, hidden)  # (tiles, patches, C)
         image_tokens = self.embedding_model.shuffle_and_project(image_states).reshape(-1, hidden)
         return llm_inputs.masked_scatter(image_mask.unsqueeze(-1), image_tokens.to(llm_inputs.dtype))
+
+    def _growing_stream_mask(
+        self, cache: Cache | None, new_mask: torch.Tensor | None, stream_embeds: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stream's (batch, past + new) padding mask over a dynamic cache (or none), kept for the next step, and
+        the new slots' positions."""
+        batch, query_length = stream_embeds.shape[:2]
+        if new_mask is None:
+            new_mask = torch.ones(batch, query_length, dtype=torch.long, device=stream_embeds.device)
+        past_mask = getattr(cache, _STREAM_MASK_ATTRIBUTE, None)
+        if past_mask is not None:
+            past_mask = past_mask[:, : cache.get_seq_length(self.num_text_layers)]  # survives `crop()`
+        stream_mask = new_mask if past_mask is None else torch.cat([past_mask, new_mask], dim=-1)
+        if cache is not None:
+            setattr(cache, _STREAM_MASK_ATTRIBUTE, stream_mask)
+        positions = positions_from_mask(stream_mask, stream_mask.shape[1] - query_length, query_length, new_mask.device)
+        return stream_mask, positions
+
+    def _static_stream_mask(
+        self, cache: Cache, layer: StaticLayer, new_mask: torch.Tensor | None, stream_embeds: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stream's padding mask over a static cache, (batch, max_cache_len), and the new slots' positions.
+
+        The mask is one tensor for the cache's lifetime, its slots past the written ones set to 1 (causality hides
+        them until they are written): a decoding step, given no 2-D mask, only reads it, so the compiled step keeps
+        no state of its own and allocates nothing that outlives it (under CUDA graphs, an output kept for the next
+        step would be overwritten by the next replay). Steps given a 2-D mask (prompts, eager) write their slots in
+        place; all of it with tensor offsets, no host synchronisation.
+        """
+        batch, query_length = stream_embeds.shape[:2]
+        device = stream_embeds.device
+        mask = getattr(cache, _STREAM_MASK_ATTRIBUTE, None)
+        if mask is None or mask.shape != (batch, layer.max_cache_len):
+            mask = torch.ones(batch, layer.max_cache_len, dtype=torch.long, device=device)
+            if not torch.compiler.is_compiling():
+                torch._dynamo.mark_static_address(mask)  # a fixed address, as transformers' static cache tensors
+            setattr(cache, _STREAM_MASK_ATTRIBUTE, mask)
+        past_length = cache.get_seq_length(self.num_text_layers)  # a tensor once the layer holds states
+        slots = torch.arange(query_length, device=device) + past_length
+        if new_mask is not None:
+            mask.index_copy_(1, slots, new_mask.to(mask.dtype))
+            # A reused cache (reset, or cropped) may hold an older prompt's padding after the new slots.
+            later = torch.arange(mask.shape[1], device=device) >= past_length + query_length
+            mask.masked_fill_(later, 1)
+        positions = (mask.cumsum(-1) - 1).index_select(1, slots)
+        return mask, positions.masked_fill(mask.index_select(1, slots) == 0, 1)
 
 
 class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, GenerationMixin):
@@ -629,10 +695,53 @@ class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, Genera
             # transformers runs a drafting assistant's prefill as a later iteration, on the prompt's text alone (no
             # pixel_values): its image tokens are then text, not an error; the main model verifies every draft.
             model_inputs["check_image_tokens"] = False
+        elif self._needs_2d_prompt_mask(kwargs.get("attention_mask")):
+            # Over a static cache transformers turns the mask 4-D, the LLM stream's; the `post` layout's longer
+            # embedding stream builds its own from the 2-D padding mask. The prefill runs eagerly either way.
+            model_inputs["attention_mask"] = kwargs["attention_mask"]
         return model_inputs
+
+    def _needs_2d_prompt_mask(self, attention_mask: torch.Tensor | None) -> bool:
+        return (
+            self.config.embedding_config.pixel_shuffle_loc == "post"
+            and attention_mask is not None
+            and attention_mask.ndim == 2
+        )
 
     # generate() checks its keyword arguments against this signature; the cache argument's name differs by version.
     prepare_inputs_for_generation.__signature__ = inspect.signature(GenerationMixin.prepare_inputs_for_generation)
+
+    def _prepare_static_cache(
+        self,
+        cache_implementation: str,
+        batch_size: int,
+        max_cache_len: int,
+        prefill_chunk_size: int | None,
+        model_kwargs: dict,
+    ) -> Cache:
+        """transformers' static cache for `generate()` (sized from `text_config`: the LLM's layers), with the embedding
+        module's layers appended from the start, so the compiled decoding step finds every layer, allocated by the
+        eager prefill, in place. In the `post` layout they are longer, by the patches of every tile of the batch, and
+        keep the longest length asked for so far, as transformers does for its own, so later calls reuse the graph.
+        """
+        cache = super()._prepare_static_cache(
+            cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs
+        )
+        text_layers = self.model.num_text_layers
+        if len(cache.layers) not in (text_layers, text_layers + self.config.embedding_config.num_hidden_layers):
+            return cache  # not the plain decoder cache this hook extends
+        llm_length = cache.layers[0].max_cache_len  # transformers' own, after its longest-so-far rule
+        stream_length = self.model.embedding_stream_length(llm_length, model_kwargs.get("pixel_values"))
+        # The `pre` stream shares the LLM's 4-D decoding mask, so it takes the LLM's length exactly.
+        if self.config.embedding_config.pixel_shuffle_loc == "post":
+            stream_length = max(stream_length, getattr(self, "_previous_max_stream_cache_length", -1))
+            self._previous_max_stream_cache_length = stream_length
+        if len(cache.layers) > text_layers:  # transformers reuses (and resets) its cache of an earlier call
+            if cache.layers[text_layers].max_cache_len == stream_length:
+                return cache
+            # `post`: this call's tiles need a longer stream than the LLM's length alone made transformers expect.
+            del cache.layers[text_layers:]
+        return self.model.add_embedding_cache_layers(cache, stream_length)
 
     def _expand_inputs_for_generation(
         self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs

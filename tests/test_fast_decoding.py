@@ -3,7 +3,7 @@
 import pytest
 import torch
 from helpers import build_model, image_prompt, output_cache
-from transformers import LlamaConfig
+from transformers import LlamaConfig, StaticCache
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from hovle.cpu_decoding import (
@@ -30,8 +30,9 @@ def greedy(model, ids, pixels, **kwargs):
     )
 
 
-def test_static_cache_equals_dynamic(inputs):
-    model = build_model("pre", "sdpa")
+@pytest.mark.parametrize("loc", ["pre", "post"])
+def test_static_cache_equals_dynamic(inputs, loc):
+    model = build_model(loc, "sdpa")
     dynamic = greedy(model, *inputs)
     static = greedy(model, *inputs, cache_implementation="static")
     assert len(set(dynamic[0, -STEPS:].tolist())) > 2
@@ -49,10 +50,14 @@ def test_compiled_decoding_equals_dynamic(inputs):
     assert torch.equal(compiled, dynamic)
 
 
-def test_static_cache_with_post_layout_is_refused_clearly(inputs):
+def test_llm_only_static_cache_with_post_layout_is_refused_clearly(inputs):
+    """A caller's StaticCache sized for the LLM alone has no room for the `post` layout's longer embedding stream
+    (its length depends on the tiles): refused, pointing to generate()'s own static cache, which has it."""
     model = build_model("post", "sdpa")
-    with pytest.raises(NotImplementedError, match="pixel_shuffle_loc='post'"):
-        greedy(model, *inputs, cache_implementation="static")
+    ids, pixels = inputs
+    cache = StaticCache(config=model.config.text_config, max_cache_len=ids.shape[1] + STEPS)
+    with pytest.raises(NotImplementedError, match=r"pixel_shuffle_loc='post'.*cache_implementation='static'"):
+        model(input_ids=ids, pixel_values=pixels, cache=cache, use_cache=True)
 
 
 def test_traceable_dynamic_rope_equals_transformers_dynamic_rope():
