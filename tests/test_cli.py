@@ -62,7 +62,7 @@ def test_chat_bf16_compiled_decoding_runs():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [[], ["chat"], ["convert"], ["export"], ["train"]])
+@pytest.mark.parametrize("command", [[], ["chat"], ["demo"], ["convert"], ["export"], ["train"]])
 def test_help_answers_without_importing_torch(command):
     code = (
         "import sys\nfrom hovle.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"

@@ -1,0 +1,128 @@
+"""`hovle demo` in a real browser: the server is started on 127.0.0.1 as a user starts it (no --model: the tiny
+untrained default), headless Chromium loads the page, uploads an image, asks, and the streamed reply must equal the
+greedy reply of the same model through `pipeline("image-text-to-text")`; an unreadable file must show an error in the
+page. A screenshot is kept in the test's temporary folder (its path is printed)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from PIL import Image
+from ui_helpers import find_browser, pipeline_greedy_reply
+
+pytest.importorskip("gradio")
+pytest.importorskip("selenium")
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+pytestmark = pytest.mark.slow
+MAX_NEW_TOKENS = 16
+QUESTION = "What is in this picture?"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`hovle demo` in a child process; yields its URL once the page answers."""
+    folder = tmp_path_factory.mktemp("demo-server")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(folder)}
+    command = [sys.executable, "-m", "hovle.cli", "demo", "--device", "cpu", "--port", str(port)]
+    command += ["--max-new-tokens", str(MAX_NEW_TOKENS)]
+    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below, after the server
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log.close()
+            pytest.fail(f"hovle demo did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+        time.sleep(1)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    binary, chromedriver = find_browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1500"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def expected_reply(tmp_path_factory):
+    """The default model's greedy reply, through the pipeline: built here as `hovle demo` builds it."""
+    from hovle.cli import build_default_model
+
+    folder = build_default_model(tmp_path_factory.mktemp("default-model"))
+    image = Image.radial_gradient("L").convert("RGB").resize((120, 80))
+    return pipeline_greedy_reply(folder, [image], QUESTION, MAX_NEW_TOKENS)
+
+
+def element_text(driver, css: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def ask(driver, image_path, question: str) -> str:
+    """Upload an image, ask, and wait until the page says the reply is done (or shows an error); the status text."""
+    driver.find_element(By.CSS_SELECTOR, "#hovle-images input[type=file]").send_keys(str(image_path))
+    # The file list shows the name split in two ("photo", ".png").
+    WebDriverWait(driver, 60).until(lambda d: image_path.stem in element_text(d, "#hovle-images"))
+    box = driver.find_element(By.CSS_SELECTOR, "#hovle-question textarea")
+    box.clear()
+    box.send_keys(question)
+    driver.find_element(By.CSS_SELECTOR, "#hovle-send").click()
+    finished = WebDriverWait(driver, 180).until(
+        lambda d: (text := element_text(d, "#hovle-status")).startswith(("Done", "Error")) and text
+    )
+    return finished
+
+
+def test_page_answers_like_the_pipeline_and_shows_errors(
+    server, browser, photo, broken_image, expected_reply, tmp_path
+):
+    browser.get(server)
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#hovle-question textarea"))
+    assert "RANDOM, UNTRAINED" in element_text(browser, "#hovle-untrained")
+
+    status = ask(browser, photo, QUESTION)
+    assert status.startswith("Done"), status
+    reply = browser.find_element(By.CSS_SELECTOR, "#hovle-reply textarea").get_attribute("value")
+    assert expected_reply.strip(), "the tiny model should say something"
+    assert reply == expected_reply
+    chat = element_text(browser, "#hovle-chatbot")
+    assert QUESTION in chat
+    assert browser.find_elements(By.CSS_SELECTOR, "#hovle-chatbot img"), "the uploaded image is shown in the chat"
+    screenshot = tmp_path / "hovle-demo.png"
+    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+    print(f"screenshot: {screenshot}")
+
+    status = ask(browser, broken_image, "And this one?")
+    assert status.startswith("Error") and "broken.png is not an image" in status, status
+    assert element_text(browser, "#hovle-chatbot").count(QUESTION) == 1, "the failed turn is not added"

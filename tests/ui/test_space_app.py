@@ -1,0 +1,70 @@
+"""`app.py` as a Hugging Face Space runs it: a Python with only this package and gradio (`HOVLE_SPACE_PYTHON`, made by
+`scripts/install_demo.sh`), on the CPU, with the tiny default model; the page must come up and carry the untrained
+label."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+APP = Path(__file__).resolve().parents[2] / "app.py"
+SPACE_PYTHON = os.environ.get("HOVLE_SPACE_PYTHON")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(not SPACE_PYTHON, reason="HOVLE_SPACE_PYTHON (a venv with the package and gradio only) not set")
+def test_app_py_serves_the_page_with_only_the_package_and_gradio(tmp_path):
+    python = str(Path(SPACE_PYTHON).absolute())
+    missing = subprocess.run(
+        [
+            python,
+            "-c",
+            "import importlib.util as u; print([m for m in ('selenium', 'lmms_eval', 'vllm') if u.find_spec(m)])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert missing.stdout.strip() == "[]", "the Space environment must hold only the package and gradio"
+    space = tmp_path / "space"
+    space.mkdir()
+    shutil.copy(APP, space / "app.py")  # a Space repository: app.py alone, the package installed
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    log = space / "app.log"
+    with log.open("w") as output:
+        process = subprocess.Popen([python, "app.py"], cwd=space, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as response:
+                    config = json.loads(response.read())
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        assert "RANDOM, UNTRAINED" in json.dumps(config)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
