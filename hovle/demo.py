@@ -159,15 +159,26 @@ class ChatEngine:
 
     def stream(self, turns: list[Turn], settings: GenerationSettings) -> Iterator[str]:
         """The reply to the conversation's last turn, growing as tokens arrive (each item is the text so far)."""
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         inputs = self.prepare(turns, settings)  # DemoError before any generation starts
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
+        cancelled = threading.Event()
+
+        class StopWhenCancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return cancelled.is_set()
 
         def generate() -> None:
             try:
-                self.model.generate(**inputs, **settings.generate_kwargs(), **self.generate_kwargs, streamer=streamer)
+                self.model.generate(
+                    **inputs,
+                    **settings.generate_kwargs(),
+                    **self.generate_kwargs,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([StopWhenCancelled()]),
+                )
             except BaseException as error:  # re-raised in the caller's thread, where the page shows it
                 failure.append(error)
                 streamer.end()
@@ -176,11 +187,16 @@ class ChatEngine:
             worker = threading.Thread(target=generate, daemon=True)
             worker.start()
             text = ""
-            for piece in streamer:
-                text += piece
-                if piece:
-                    yield text
-            worker.join()
+            try:
+                for piece in streamer:
+                    text += piece
+                    if piece:
+                        yield text
+            finally:
+                # The page may close this generator mid-reply (a closed tab, a new question): stop the generation
+                # and wait for it, so the next visitor never shares the model with a running one.
+                cancelled.set()
+                worker.join()
         if failure:
             raise failure[0]
         if not text:

@@ -727,8 +727,7 @@ class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, Genera
         cache = super()._prepare_static_cache(
             cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs
         )
-        text_layers = self.model.num_text_layers
-        if len(cache.layers) not in (text_layers, text_layers + self.config.embedding_config.num_hidden_layers):
+        if len(cache.layers) != self.model.num_text_layers:
             return cache  # not the plain decoder cache this hook extends
         llm_length = cache.layers[0].max_cache_len  # transformers' own, after its longest-so-far rule
         stream_length = self.model.embedding_stream_length(llm_length, model_kwargs.get("pixel_values"))
@@ -736,11 +735,6 @@ class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, Genera
         if self.config.embedding_config.pixel_shuffle_loc == "post":
             stream_length = max(stream_length, getattr(self, "_previous_max_stream_cache_length", -1))
             self._previous_max_stream_cache_length = stream_length
-        if len(cache.layers) > text_layers:  # transformers reuses (and resets) its cache of an earlier call
-            if cache.layers[text_layers].max_cache_len == stream_length:
-                return cache
-            # `post`: this call's tiles need a longer stream than the LLM's length alone made transformers expect.
-            del cache.layers[text_layers:]
         return self.model.add_embedding_cache_layers(cache, stream_length)
 
     def _expand_inputs_for_generation(

@@ -80,6 +80,11 @@ def expand_image_placeholders(text: str, num_tiles: list[int], tokens_per_tile: 
     return re.sub(re.escape(IMAGE_PLACEHOLDER), lambda _: image_token_block(next(tiles), tokens_per_tile), text)
 
 
+def check_max_tiles(max_tiles) -> None:
+    if isinstance(max_tiles, bool) or not isinstance(max_tiles, int) or max_tiles < 1:
+        raise ValueError(f"max_tiles (max_patches) must be a whole number of at least 1, got {max_tiles!r}")
+
+
 def bos_already_in(tokenizer, texts: list[str]) -> bool:
     """Whether every text already starts with the tokenizer's BOS (a rendered chat template): then tokenizing must
     not add another."""
@@ -256,6 +261,8 @@ class HoVLEProcessor(ProcessorMixin):
         per_text = self._images_per_text(images, texts)
         for sample_text in texts:
             refuse_typed_image_tokens(sample_text)
+        if max_tiles is not None:
+            check_max_tiles(max_tiles)  # also without images: a wrong setting is an error wherever it is passed
         pixel_values, expanded = [], []
         for sample_text, sample_images in zip(texts, per_text, strict=True):
             sample_text = add_missing_placeholders(sample_text, len(sample_images))
@@ -268,8 +275,7 @@ class HoVLEProcessor(ProcessorMixin):
         """One image (anything `open_image` takes) -> its normalised tiles, (tiles, 3, H, W) float32, the thumbnail
         last; each tile becomes `tokens_per_tile` image tokens."""
         if max_tiles is not None:
-            if isinstance(max_tiles, bool) or not isinstance(max_tiles, int) or max_tiles < 1:
-                raise ValueError(f"max_tiles (max_patches) must be a whole number of at least 1, got {max_tiles!r}")
+            check_max_tiles(max_tiles)
             image_kwargs["max_patches"] = max_tiles  # the image processor's name for it
         processed = self.image_processor(images=open_image(image), return_tensors="np", **image_kwargs)
         return processed["pixel_values"].astype(np.float32)

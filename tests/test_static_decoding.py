@@ -106,8 +106,8 @@ def test_static_cache_equals_dynamic_on_a_left_padded_image_batch(loc, attn):
 
 def test_reused_static_cache_grows_for_more_tiles_in_post():
     """In `post` a later call with more tiles (and less text) needs a longer embedding stream within the same LLM
-    length (transformers' longest-so-far rule keeps that): the embedding layers of the static cache the call decodes
-    with are long enough for its stream, whether transformers reuses its earlier cache or builds a new one."""
+    length (transformers' longest-so-far rule keeps that length): its static cache's embedding layers are sized from
+    its own tiles, long enough for its stream."""
     model = build_model("post", "sdpa")
     torch.manual_seed(7)
     calls = [

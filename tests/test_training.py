@@ -32,6 +32,16 @@ def test_labels_cover_exactly_the_assistant_replies(processor):
     assert batch["pixel_values"].shape[0] > 0 and (batch["attention_mask"][:, 0] == 0).any()
 
 
+def test_training_samples_start_with_one_bos_as_at_inference(processor):
+    """The collator's ids of a chat equal the processor's (inference) ids of the same rendered chat: one BOS."""
+    batch = HoVLEChatCollator(processor)(samples(2))
+    for row, sample in enumerate(samples(2)):
+        rendered = processor.apply_chat_template(sample["messages"], tokenize=False)
+        expected = processor(text=rendered, images=sample.get("images") or None)["input_ids"][0]
+        ids = batch["input_ids"][row][batch["attention_mask"][row] == 1].tolist()
+        assert ids == expected and ids[0] == processor.tokenizer.bos_token_id != ids[1], row
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_stage_trains_only_its_parameters_and_loss_falls(tiny_hub_folder, processor, tmp_path, stage):
     model = load_model(tiny_hub_folder)

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..processing_hovle import bos_already_in
+
 ASSISTANT_OPENING = "<|im_start|>assistant\n"
 END_OF_TURN = "<|im_end|>"
 
@@ -43,8 +45,15 @@ class HoVLEChatCollator:
         prompts = [self.processor.apply_chat_template(s["messages"], tokenize=False) for s in samples]
         images = [list(s.get("images") or []) for s in samples]
         expanded, pixel_values = self.processor.expand_texts(prompts, images, max_tiles=self.max_tiles)
-        encoded = self.processor.tokenizer(
-            expanded, padding=True, padding_side="left", return_offsets_mapping=True, return_tensors="pt"
+        tokenizer = self.processor.tokenizer
+        encoded = tokenizer(
+            expanded,
+            padding=True,
+            padding_side="left",
+            return_offsets_mapping=True,
+            return_tensors="pt",
+            # The rendered chat starts with the BOS the template writes: no second one.
+            add_special_tokens=not bos_already_in(tokenizer, expanded),
         )
         labels = torch.full_like(encoded["input_ids"], -100)
         for row, text in enumerate(expanded):

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from vllm.compilation.backends import set_model_tag
 from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
 from vllm.model_executor.models.llama import LlamaModel
@@ -99,17 +100,19 @@ class HoVLEForConditionalGeneration(nn.Module, SupportsMultiModal):
         stack_config.max_position_embeddings = max(
             stack_config.max_position_embeddings, vllm_config.model_config.max_model_len
         )
-        self.embedding_model = HoVLEEmbeddingStack(
-            vllm_config=vllm_config.with_hf_config(stack_config), prefix=maybe_prefix(prefix, "embedding_model")
-        )
-        with self._mark_language_model(vllm_config):
+        # Both stacks are vLLM `LlamaModel`s, each compiled by vLLM as a unit: a tag of its own keeps their compiled
+        # graphs and compile caches apart (as vLLM's own two-decoder models do).
+        with set_model_tag("hovle_embedding"):
+            self.embedding_model = HoVLEEmbeddingStack(
+                vllm_config=vllm_config.with_hf_config(stack_config), prefix=maybe_prefix(prefix, "embedding_model")
+            )
+        with self._mark_language_model(vllm_config), set_model_tag("hovle_llm"):
             self.language_model = init_vllm_registered_model(
                 vllm_config=vllm_config,
                 hf_config=config.text_config,
                 prefix=maybe_prefix(prefix, "language_model"),
                 architectures=["LlamaForCausalLM"],
             )
-        self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
     # -- images ------------------------------------------------------------------------------------------------
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:

@@ -36,6 +36,13 @@ MAX_TILES = "max_tiles"
 
 
 class HoVLEProcessingInfo(BaseProcessingInfo):
+    def max_tiles(self, request_kwargs: Mapping[str, object]) -> int | None:
+        """`max_tiles` of a request merged over the server's `--mm-processor-kwargs` (flat, or under
+        `images_kwargs`); None: the folder's own limit (`max_dynamic_patch`)."""
+        merged = self.ctx.get_merged_mm_kwargs(request_kwargs)
+        images_kwargs = merged.get("images_kwargs") or {}
+        return merged.get(MAX_TILES, images_kwargs.get(MAX_TILES))
+
     def get_hf_processor(self, **kwargs: object) -> HoVLEProcessor:
         return self.ctx.get_hf_processor(HoVLEProcessor, **kwargs)
 
@@ -97,7 +104,8 @@ class HoVLEMultiModalProcessor(BaseMultiModalProcessor[HoVLEProcessingInfo]):
         images = hf_data.get("images") or []
         if not isinstance(images, (list, tuple)):
             images = [images]
-        tiles = [processor.tile_image(image, max_tiles=hf_kwargs.get(MAX_TILES)) for image in images]
+        max_tiles = self.info.max_tiles(hf_kwargs)
+        tiles = [processor.tile_image(image, max_tiles=max_tiles) for image in images]
         return BatchFeature(
             {
                 "pixel_values_flat": torch.from_numpy(np.concatenate(tiles)),
@@ -130,7 +138,7 @@ class HoVLEMultiModalProcessor(BaseMultiModalProcessor[HoVLEProcessingInfo]):
                 num_tiles = self.info.get_num_tiles(
                     image_width=size.width,
                     image_height=size.height,
-                    max_tiles=hf_processor_mm_kwargs.get(MAX_TILES),
+                    max_tiles=self.info.max_tiles(hf_processor_mm_kwargs),
                 )
             # Only the <IMG_CONTEXT> positions take image embeddings; <img> and </img> stay text.
             ids = self.info.image_token_ids(num_tiles)

@@ -1,5 +1,5 @@
-"""vLLM's offline engine on the plugin equals the transformers implementation (acceptance 1) and continuous batching
-is exact (acceptance 2): greedy tokens, prompt token ids and top-5 log-probabilities, float32, CPU backend."""
+"""vLLM's offline engine on the plugin equals the transformers implementation, and continuous batching is exact:
+greedy tokens, prompt token ids and top-5 log-probabilities, float32, CPU backend."""
 
 from __future__ import annotations
 
@@ -139,7 +139,12 @@ def transformers_greedy(model, processor, request) -> tuple[list[int], list[int]
     return prompt, new_tokens, torch.log_softmax(torch.stack(out.logits)[:, 0].float(), dim=-1)
 
 
-@pytest.mark.parametrize("index,name", list(enumerate(SCENARIOS)))
+# Every request is compared with transformers, the 11 beyond the named scenarios too (tile limits per request,
+# up to 4 images, longer replies).
+REQUEST_NAMES = [*SCENARIOS, *(f"concurrent request {i}" for i in range(len(SCENARIOS), len(concurrent_requests())))]
+
+
+@pytest.mark.parametrize("index,name", list(enumerate(REQUEST_NAMES)))
 def test_vllm_equals_transformers(index, name, model, processor, requests, served):
     request, got = requests[index], served["alone"][index]
     prompt, tokens, logprobs = transformers_greedy(model, processor, request)
@@ -153,11 +158,11 @@ def test_vllm_equals_transformers(index, name, model, processor, requests, serve
         assert expected_top5 <= {int(token) for token in top}, (name, step)
 
 
-def test_scenarios_cover_tiles_and_images(requests, served):
+def test_scenarios_cover_tiles_and_images(processor, requests, served):
     """The scenarios are what they claim: images of 1, 4 and 7 tiles, two images, several turns. InternVL's tiling
     picks the grid of at most 6 tiles closest to the image's aspect ratio, plus a thumbnail when there is more than
     one: 448x448 -> 1x1 (1 tile); 1344x448 -> 3x1 (3+1); 896x448 -> 2x1 (2+1); 500x380 (1.32) -> 3x2 (6+1)."""
-    context = 92546  # <IMG_CONTEXT>
+    context = processor.image_token_id  # <IMG_CONTEXT>
     counts = [prompt["prompt_token_ids"].count(context) for prompt in served["alone"][: len(SCENARIOS)]]
     assert counts == [0, 1 * 256, 4 * 256, (1 + 3) * 256, 7 * 256]
     assert requests[4]["prompt"].count("<|im_start|>user") == 2

@@ -1,11 +1,12 @@
 """`vllm serve FOLDER` (the CLI, with the plugin found through its entry point) answers `/v1/chat/completions` through
-the `openai` client: a base64 image part, streaming; the reply equals the transformers pipeline's greedy reply
-(acceptance 3). The server listens on 127.0.0.1 only and is stopped by the test."""
+the `openai` client: a base64 image part, streaming; the reply equals the transformers pipeline's greedy reply. The
+server listens on 127.0.0.1 only and is stopped by the test."""
 
 from __future__ import annotations
 
 import base64
 import io
+import os
 import signal
 import socket
 import subprocess
@@ -44,6 +45,13 @@ def wait_until_healthy(server: subprocess.Popen, port: int, log: Path, timeout: 
     raise AssertionError(f"vllm serve was not healthy after {timeout} s:\n{log.read_text()[-6000:]}")
 
 
+def stop_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass  # already gone
+
+
 @pytest.fixture(scope="module")
 def server(served_folder, vllm_env, tmp_path_factory):
     port = free_port()
@@ -62,7 +70,8 @@ def server(served_folder, vllm_env, tmp_path_factory):
         "4096",
         "--gpu-memory-utilization",
         "0.15",
-        "--enforce-eager",
+        # No --enforce-eager: the server compiles both stacks as `vllm serve` does by default (the offline tests run
+        # eager), so the reply checks the compiled path too.
     ]
     with log.open("w") as output:
         process = subprocess.Popen(
@@ -72,11 +81,12 @@ def server(served_folder, vllm_env, tmp_path_factory):
         wait_until_healthy(process, port, log)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        process.send_signal(signal.SIGINT)
+        # The server's own process group: its engine and worker processes stop with it.
+        stop_group(process, signal.SIGINT)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            process.kill()
+            stop_group(process, signal.SIGKILL)
             process.wait()
 
 

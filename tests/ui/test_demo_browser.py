@@ -59,7 +59,11 @@ def server(tmp_path_factory):
         time.sleep(1)
     yield url
     process.terminate()
-    process.wait(timeout=30)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
     log.close()
 
 
@@ -97,9 +101,10 @@ def ask(driver, image_path, question: str) -> str:
     box = driver.find_element(By.CSS_SELECTOR, "#hovle-question textarea")
     box.clear()
     box.send_keys(question)
+    before = element_text(driver, "#hovle-status")  # a later question must not be judged by the last one's status
     driver.find_element(By.CSS_SELECTOR, "#hovle-send").click()
     finished = WebDriverWait(driver, 180).until(
-        lambda d: (text := element_text(d, "#hovle-status")).startswith(("Done", "Error")) and text
+        lambda d: (text := element_text(d, "#hovle-status")) != before and text.startswith(("Done", "Error")) and text
     )
     return finished
 

@@ -67,4 +67,8 @@ def test_app_py_serves_the_page_with_only_the_package_and_gradio(tmp_path):
         assert "RANDOM, UNTRAINED" in json.dumps(config)
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,44 @@
+"""The plugin's multimodal processor, without an engine: tile limits from the server's `--mm-processor-kwargs` and
+from a request, and the tiles it makes equal the transformers processor's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def processor_for(folder, **engine_options):
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    config = EngineArgs(model=str(folder), dtype="float32", **engine_options).create_engine_config()
+    return MULTIMODAL_REGISTRY.create_processor(config.model_config)
+
+
+@pytest.fixture(scope="module")
+def strip_image() -> Image.Image:
+    """1344 x 448: 3 tiles + a thumbnail by default, 2 + 1 at max_tiles=2, 1 at max_tiles=1."""
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (448, 1344, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    "server_kwargs,request_kwargs,max_tiles,tiles",
+    [
+        (None, {}, None, 4),
+        (None, {"max_tiles": 1}, 1, 1),
+        ({"max_tiles": 2}, {}, 2, 3),  # the server-wide setting
+        ({"images_kwargs": {"max_tiles": 2}}, {}, 2, 3),
+        ({"max_tiles": 2}, {"max_tiles": 1}, 1, 1),  # a request's own wins
+    ],
+)
+def test_tile_limits_from_server_and_request(
+    served_folder, strip_image, server_kwargs, request_kwargs, max_tiles, tiles
+):
+    from hovle.processing_hovle import HoVLEProcessor
+
+    processor = processor_for(served_folder, mm_processor_kwargs=server_kwargs)
+    out = processor._call_hf_processor({"images": [strip_image]}, request_kwargs)
+    assert out["image_num_patches"].tolist() == [tiles]
+    reference = HoVLEProcessor.from_pretrained(served_folder).tile_image(strip_image, max_tiles=max_tiles)
+    np.testing.assert_array_equal(out["pixel_values_flat"].numpy(), reference)
