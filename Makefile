@@ -2,6 +2,9 @@
 VENV ?= .venv
 OLDEST_TRANSFORMERS ?= 5.17.0
 PY := $(VENV)/bin/python
+# torch.compile's on-disk cache, per clone: a compile killed mid-write elsewhere cannot leave this tree a truncated
+# artifact (torch's default is one folder for the whole machine, /tmp/torchinductor_<user>).
+export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.inductor-cache
 
 .PHONY: install demo test test-fast test-oldest test-vllm test-ui check-dist lint format bench
 
