@@ -4,15 +4,12 @@ greedy reply of the same model through `pipeline("image-text-to-text")`; an unre
 page. A screenshot is kept in the test's temporary folder (its path is printed)."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from PIL import Image
-from ui_helpers import find_browser, pipeline_greedy_reply
+from ui_helpers import find_browser, free_port, pipeline_greedy_reply, stop, wait_for_http
 
 pytest.importorskip("gradio")
 pytest.importorskip("selenium")
@@ -27,12 +24,6 @@ MAX_NEW_TOKENS = 16
 QUESTION = "What is in this picture?"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`hovle demo` in a child process; yields its URL once the page answers."""
@@ -41,30 +32,15 @@ def server(tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(folder)}
     command = [sys.executable, "-m", "hovle.cli", "demo", "--device", "cpu", "--port", str(port)]
     command += ["--max-new-tokens", str(MAX_NEW_TOKENS)]
-    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below, after the server
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log = folder / "server.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            log.close()
-            pytest.fail(f"hovle demo did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
-        time.sleep(1)
-    yield url
-    process.terminate()
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+        wait_for_http(url, process, log)
+        yield url
+    finally:
+        stop(process)
 
 
 @pytest.fixture(scope="module")

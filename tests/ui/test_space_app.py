@@ -5,23 +5,15 @@ label."""
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from ui_helpers import free_port, stop, wait_for_http
 
 pytestmark = pytest.mark.slow
 APP = Path(__file__).resolve().parents[2] / "app.py"
 SPACE_PYTHON = os.environ.get("HOVLE_SPACE_PYTHON")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.skipif(not SPACE_PYTHON, reason="HOVLE_SPACE_PYTHON (a venv with the package and gradio only) not set")
@@ -54,21 +46,7 @@ def test_app_py_serves_the_page_with_only_the_package_and_gradio(tmp_path):
     with log.open("w") as output:
         process = subprocess.Popen([python, "app.py"], cwd=space, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as response:
-                    config = json.loads(response.read())
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
+        config = json.loads(wait_for_http(f"http://127.0.0.1:{port}/config", process, log))
         assert "RANDOM, UNTRAINED" in json.dumps(config)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)

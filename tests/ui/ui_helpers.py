@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import functools
 import shutil
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -36,3 +40,32 @@ def find_browser() -> tuple[str, str]:
     if not browser or not driver:
         pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
     return browser, driver
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 300) -> bytes:
+    """The body of `url` once the server answers it; fails with the server's log if it exits or never answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read()
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the server at {url} did not answer:\n{log.read_text()[-3000:]}")
+        time.sleep(1)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
