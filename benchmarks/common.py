@@ -12,6 +12,9 @@ import argparse
 import importlib.util
 import itertools
 import json
+import os
+import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList
 
 from hovle.configuration_hovle import HoVLEConfig
 from hovle.conversion.config_map import hovle_config_from_original
@@ -58,6 +61,20 @@ def cuda_environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "flash_attn_importable": importlib.util.find_spec("flash_attn") is not None,
+    }
+
+
+def cpu_environment() -> dict[str, Any]:
+    """The CPU and library versions a CPU result was measured with (the model name as `lscpu` shows it, Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return {
+        "cpu": names[0] if names else platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
     }
 
 
@@ -225,6 +242,17 @@ def greedy_generate(model, new_tokens: int, **kwargs):
         return model.generate(
             max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=2, **kwargs
         )
+
+
+def median_step_seconds(model, new_tokens: int, synchronize: Callable[[], None] | None = None, **kwargs) -> float:
+    """The median gap between consecutive decoding steps of one greedy `generate()` of `new_tokens` (at least 2)
+    tokens, stamped by a `StepClock` logits processor: a step's time measured directly, prefill excluded. Subtracting
+    two whole-`generate()` timings instead mixes two calls' noise (on a busy machine: negative per-token times)."""
+    if new_tokens < 2:
+        raise ValueError(f"a step gap needs at least 2 new tokens, got {new_tokens}")
+    clock = StepClock(synchronize)
+    greedy_generate(model, new_tokens, logits_processor=LogitsProcessorList([clock]), **kwargs)
+    return statistics.median(clock.step_seconds())
 
 
 def prefill(model, **inputs) -> None:

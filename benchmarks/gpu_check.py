@@ -28,18 +28,15 @@ Designed to take about 8 minutes on an H100 or H200 (most of it compiling), with
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import LogitsProcessorList
 
 from hovle.modeling_hovle import HoVLEForConditionalGeneration
 
 from common import (
-    StepClock,
     argument_parser,
     attempt,
     best_of,
@@ -53,6 +50,7 @@ from common import (
     left_padded_image_batch,
     llama_like,
     measured_copy_bandwidth,
+    median_step_seconds,
     prefill,
     random_pixels,
     rated_memory_bandwidth,
@@ -75,9 +73,7 @@ def decode_timing(model, new_tokens: int, step_bytes: Callable[[float], float], 
         greedy_generate(model, new_tokens, **inputs)
     torch.cuda.reset_peak_memory_stats()
     whole = timed(lambda: greedy_generate(model, new_tokens, **inputs), SYNC)
-    clock = StepClock(synchronize=SYNC)
-    greedy_generate(model, new_tokens, logits_processor=LogitsProcessorList([clock]), **inputs)
-    step_ms = statistics.median(clock.step_seconds()) * 1e3
+    step_ms = median_step_seconds(model, new_tokens, SYNC, **inputs) * 1e3
     generate_ms = whole / new_tokens * 1e3
     mean_context = inputs["input_ids"].shape[1] + new_tokens / 2
     bytes_per_step = step_bytes(mean_context)

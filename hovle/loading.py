@@ -54,6 +54,30 @@ def _folder_class(name: str, file_name: str, auto_class: str):
     return get_class_from_dynamic_module(reference, name)
 
 
+def check_folder_has_config(folder: Path) -> None:
+    """A `LoadError` for a local folder with no config.json (transformers' own message names another file)."""
+    if not (folder / "config.json").is_file():
+        what = "an empty folder" if not any(folder.iterdir()) else "a folder without config.json"
+        raise LoadError(f"{folder} is {what}, not a converted HoVLE folder (`hovle convert --output` writes one)")
+
+
+# A converted folder's processor: its own settings and the tokenizer's (`hovle convert` writes them all, or none
+# when the source had no tokenizer).
+PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json")
+
+
+def check_folder_has_processor(folder: Path) -> None:
+    """A `LoadError` naming the real cause and the fix when a local folder has no processor: transformers would
+    report the first file it tried under another name (`preprocessor_config.json`, or that the Hub is offline)."""
+    missing = [file for file in PROCESSOR_FILES if not (folder / file).is_file()]
+    if missing:
+        raise LoadError(
+            f"{folder} has no tokenizer/processor ({' and '.join(missing)} missing): it was converted without a "
+            f"tokenizer; convert again with `hovle convert --tokenizer DIR` (DIR: a folder or Hub repo with the "
+            f"release's tokenizer.model and tokenizer_config.json, e.g. OpenGVLab/HoVLE)"
+        )
+
+
 def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = False, **model_kwargs):
     """(model, processor) for a converted HoVLE folder or Hub id; `model_kwargs` go to `from_pretrained`."""
     from huggingface_hub.errors import HFValidationError
@@ -65,8 +89,13 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
     name = str(path)
     if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise LoadError(f"{name}: no such folder (and not a Hub id of the form owner/name)")
+    local = Path(name) if Path(name).is_dir() else None
+    if local:
+        check_folder_has_config(local)
     try:
         if trust_remote_code:
+            if local:
+                check_folder_has_processor(local)
             # The classes the folder's `auto_map` names, from its own files: transformers' Auto classes would prefer
             # this package's classes once they are registered, even with trust_remote_code=True.
             model_class = _folder_class(name, "config.json", "AutoModelForImageTextToText")
@@ -81,6 +110,8 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
                 else ""
             )
             raise LoadError(f"{name} holds a {model_type!r} model, not a converted HoVLE ('hovle'){hint}")
+        if local:
+            check_folder_has_processor(local)
         processor = HoVLEProcessor.from_pretrained(name)
         model = HoVLEForConditionalGeneration.from_pretrained(name, **model_kwargs)
     except (OSError, HFValidationError) as error:

@@ -174,7 +174,7 @@ def test_killed_between_the_two_renames_of_a_swap_the_old_output_comes_back(tmp_
     before = digest(previous)
     aside = tmp_path / f".{previous.name}.partial-999999-replaced-deadbeef"
     previous.rename(aside)
-    output_folder._remove_stale(tmp_path, previous.name)  # what every run does first
+    output_folder._remove_stale(tmp_path, previous.name, previous.name)  # what every run does, locked
     assert digest(previous) == before and strays(tmp_path) == []
 
 

@@ -434,3 +434,303 @@ def test_bad_numbers_are_checked_before_any_tensor_is_read(source, tmp_path):
     (source / "model.safetensors").write_bytes(b"not a checkpoint")
     edit_config(source, lambda c: c["llm_config"].update(num_attention_heads=3))
     assert "num_attention_heads 3 does not divide" in refusal(source, tmp_path / "out")
+
+
+# -- 8. every setting the converter reads is type-checked, naming the field (issue 20: items 8, 9) ------------------
+
+
+def _activations_message():
+    from transformers.activations import ACT2FN
+
+    names = sorted(name for name in ACT2FN if not list(ACT2FN[name].parameters()))
+    return "one of " + ", ".join(f'"{name}"' for name in names)
+
+
+BAD_FIELDS = {
+    "string read as a boolean": (
+        (None, "normalize_encoder_output", "false"),
+        'config.json: normalize_encoder_output must be true or false, got "false"',
+    ),
+    "rope_scaling as a string": (
+        ("llm_config", "rope_scaling", "dynamic"),
+        'config.json: llm_config.rope_scaling must be null or an object such as {"type": "dynamic", "factor": 2.0}, '
+        'got "dynamic"',
+    ),
+    "rope_scaling without factor": (
+        ("llm_config", "rope_scaling", {"type": "dynamic"}),
+        "config.json: llm_config.rope_scaling has no 'factor'",
+    ),
+    "rope_scaling of an unknown type": (
+        ("embedding_config", "rope_scaling", {"type": "yarn", "factor": 2.0}),
+        'config.json: embedding_config.rope_scaling.type must be one of "dynamic", "linear", got "yarn"',
+    ),
+    "string rms_norm_eps": (
+        ("llm_config", "rms_norm_eps", "1e-5"),
+        'config.json: llm_config.rms_norm_eps must be a positive number, got "1e-5"',
+    ),
+    "negative rms_norm_eps": (
+        ("embedding_config", "rms_norm_eps", -1e-6),
+        "config.json: embedding_config.rms_norm_eps must be a positive number, got -1e-06",
+    ),
+    "string pad_token_id": (
+        ("llm_config", "pad_token_id", "2"),
+        "config.json: llm_config.pad_token_id must be a token id of the vocabulary of 1024 tokens (a whole number "
+        '0 .. 1023), got "2"',
+    ),
+    "eos_token_id outside the vocabulary": (
+        ("llm_config", "eos_token_id", 5000),
+        "config.json: llm_config.eos_token_id must be a token id of the vocabulary of 1024 tokens (a whole number "
+        "0 .. 1023), got 5000",
+    ),
+    "bias true without bias tensors": (
+        ("llm_config", "bias", True),
+        "config.json: llm_config.bias must be false (attention biases are not part of HoVLE's layout), got true",
+    ),
+    "zero downsample_ratio": (
+        (None, "downsample_ratio", 0),
+        "config.json: downsample_ratio must be 1/n for a whole number n (0.5 merges 2x2 patches into one token), got 0",
+    ),
+    "string downsample_ratio": (
+        ("embedding_config", "downsample_ratio", "0.5"),
+        "config.json: embedding_config.downsample_ratio must be 1/n for a whole number n (0.5 merges 2x2 patches "
+        'into one token), got "0.5"',
+    ),
+    "string max_dynamic_patch": (
+        (None, "max_dynamic_patch", "6"),
+        'config.json: max_dynamic_patch must be a whole number of at least 1, got "6"',
+    ),
+    "another chat template": (
+        (None, "template", "vicuna_v1"),
+        'config.json: template must be "internlm2-chat" (the chat template of the processor), got "vicuna_v1"',
+    ),
+    "no thumbnail tile": (
+        (None, "use_thumbnail", False),
+        "config.json: use_thumbnail must be true (the processor adds a thumbnail tile to every multi-tile image, as "
+        "the releases do), got false",
+    ),
+    "string dynamic_image_size": (
+        (None, "dynamic_image_size", "true"),
+        'config.json: dynamic_image_size must be true or false, got "true"',
+    ),
+    "force_image_size against the tile size": (
+        (None, "force_image_size", 448),
+        "config.json: embedding_config.image_size 56 differs from force_image_size 448: they must agree",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FIELDS))
+def test_bad_config_fields_are_refused_naming_the_field(source, tmp_path, case, capsys):
+    (section, name, value), expected = BAD_FIELDS[case]
+    edit_config(source, lambda c: (c[section] if section else c).update({name: value}))
+    assert refusal(source, tmp_path / "out") == expected
+    assert main(["convert", "--input", str(source), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: {expected}\n"
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_unknown_hidden_act_names_the_supported_ones(source, tmp_path):
+    edit_config(source, lambda c: c["llm_config"].update(hidden_act="swishy"))
+    assert refusal(source, tmp_path / "out") == (
+        "config.json: llm_config.hidden_act must be an activation transformers implements without parameters: "
+        f'{_activations_message()}, got "swishy"'
+    )
+
+
+def test_string_add_bos_token_in_tokenizer_config(source, tokenizer_dir, tmp_path):
+    tokenizer = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, tokenizer)
+    settings = json.loads((tokenizer / "tokenizer_config.json").read_text())
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps({**settings, "add_bos_token": "false"}))
+    assert refusal(source, tmp_path / "out", tokenizer_source=tokenizer) == (
+        'tokenizer_config.json: add_bos_token must be true or false, got "false"'
+    )
+
+
+NOT_FLOAT = {
+    "an int64 token table": ("embedding_model.llm_text_embeddings.weight", torch.int64, "int64"),
+    "a header saying I32": ("language_model.output.weight", torch.int32, "int32"),
+    "a bool norm": ("language_model.model.norm.weight", torch.bool, "bool"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_FLOAT))
+def test_integer_or_bool_weights_are_refused_naming_the_tensor(source, tmp_path, case, capsys):
+    key, dtype, name = NOT_FLOAT[case]
+    edit_tensors(source, lambda t: t.update({key: t[key].to(dtype)}))
+    expected = (
+        "Weights must be floating point (float32, float16, bfloat16, float64, or float8 e4m3/e5m2, which convert "
+        f"exactly): 1 tensor(s) are not: {key} ({name})"
+    )
+    assert refusal(source, tmp_path / "out") == expected
+    assert main(["convert", "--input", str(source), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: {expected}\n"
+
+
+def test_float8_weights_convert_exactly(source, tmp_path):
+    # float8_e4m3fn gave a traceback (no finiteness check for it); e5m2 goes through the same widening.
+    float8 = {key: t.to(torch.float8_e4m3fn) for key, t in load_file(str(source / "model.safetensors")).items()}
+    save_file(float8, str(source / "model.safetensors"))
+    out = convert(source, tmp_path / "out", dtype="bfloat16", progress=False)
+    converted = load_file(str(out / "model.safetensors"))
+    # Every float8 value is a bfloat16 value: the output holds the very numbers of the source.
+    assert torch.equal(converted["lm_head.weight"], float8["language_model.output.weight"].to(torch.float32).bfloat16())
+    assert torch.equal(
+        converted["model.language_model.norm.weight"].float(), float8["language_model.model.norm.weight"].float()
+    )
+
+
+# -- 9. unreadable config.json, weight indexes, wrapper prefixes, legacy .bin files ---------------------------------
+
+
+def test_config_json_that_is_a_folder(source, tmp_path, capsys):
+    (source / "config.json").unlink()
+    (source / "config.json").mkdir()
+    assert refusal(source, tmp_path / "out") == f"config.json in {source} is a folder, not a JSON file"
+    assert main(["convert", "--input", str(source), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: config.json in {source} is a folder, not a JSON file\n"
+
+
+def test_config_json_that_is_not_utf8(source, tmp_path):
+    (source / "config.json").write_bytes(b'{"template": "\xff"}')
+    assert refusal(source, tmp_path / "out") == (
+        f"config.json in {source} is not UTF-8 text (invalid start byte at byte 14)"
+    )
+
+
+def sharded(source, weight_map):
+    (source / "model.safetensors").rename(source / "model-00001-of-00001.safetensors")
+    (source / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def test_index_whose_weight_map_is_a_list(source, tmp_path):
+    sharded(source, ["model-00001-of-00001.safetensors"])
+    assert refusal(source, tmp_path / "out") == (
+        "model.safetensors.index.json is not a valid weight index: its 'weight_map' must be an object of tensor "
+        "name -> shard file, not list"
+    )
+
+
+def test_index_with_an_empty_weight_map(source, tmp_path):
+    sharded(source, {})
+    assert refusal(source, tmp_path / "out") == (
+        "model.safetensors.index.json: its 'weight_map' is empty (it names no tensor)"
+    )
+
+
+def test_index_naming_a_folder(source, tmp_path):
+    keys = TensorSource(source).keys()
+    sharded(source, dict.fromkeys(keys, "shards"))
+    (source / "shards").mkdir()
+    assert refusal(source, tmp_path / "out") == (
+        "model.safetensors.index.json names shard 'shards', which is a folder, not a weights file"
+    )
+
+
+def test_index_naming_a_path_outside_the_folder(source, tmp_path):
+    keys = TensorSource(source).keys()
+    sharded(source, dict.fromkeys(keys, "../model-00001-of-00001.safetensors"))
+    shutil.copy(source / "model-00001-of-00001.safetensors", tmp_path)  # there, but outside the checkpoint
+    assert refusal(source, tmp_path / "out") == (
+        f"model.safetensors.index.json names shard '../model-00001-of-00001.safetensors', a path outside {source}"
+    )
+
+
+@pytest.fixture
+def reference(source, tmp_path):
+    """The source's conversion as it is: what an equivalent source must give, byte for byte."""
+    return convert(source, tmp_path / "reference", dtype="float32", progress=False)
+
+
+def test_module_prefix_is_stripped_with_a_warning_and_gives_identical_output(source, reference, tmp_path, caplog):
+    edit_tensors(source, lambda t: t.update({f"module.{k}": t.pop(k) for k in list(t)}))
+    with caplog.at_level(logging.WARNING, logger="hovle"):
+        out = convert(source, tmp_path / "out", dtype="float32", progress=False)
+    assert (out / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    assert (
+        f"The keys of {source} start with 'module.' (a DDP/DeepSpeed wrapper's prefix): reading them without it"
+        in caplog.messages
+    )
+
+
+def test_module_prefix_on_some_keys_only_is_refused(source, tmp_path):
+    key = "language_model.model.norm.weight"
+    edit_tensors(source, lambda t: t.update({f"module.{key}": t.pop(key)}))
+    assert refusal(source, tmp_path / "out") == (
+        "1 of 47 keys start with 'module.' (a DDP/DeepSpeed wrapper's prefix) and 46 do not: "
+        "embedding_model.encoder.0.attention.wo.weight, embedding_model.encoder.0.attention.wqkv.weight, "
+        "embedding_model.encoder.0.attention_norm.weight, embedding_model.encoder.0.feed_forward.w1.weight, "
+        "embedding_model.encoder.0.feed_forward.w2.weight ... and 41 more"
+    )
+
+
+def test_legacy_non_zip_bin_converts(source, reference, tmp_path):
+    tensors = load_file(str(source / "model.safetensors"))
+    torch.save(tensors, source / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    (source / "model.safetensors").unlink()
+    out = convert(source, tmp_path / "out", dtype="float32", progress=False)
+    assert (out / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+
+
+def test_missing_tokenizer_config_names_the_file(source, tokenizer_dir, tmp_path):
+    shutil.copy(tokenizer_dir / "tokenizer.model", source)
+    assert refusal(source, tmp_path / "out") == (
+        f"{source} has tokenizer.model but no tokenizer_config.json (the release's file that lists the added tokens "
+        "<img>, </img>, <IMG_CONTEXT>): copy it from the release next to tokenizer.model, or pass --tokenizer "
+        "DIR_OR_HUB_ID (tokenizer_source=) with the release's tokenizer files"
+    )
+
+
+# -- 10. the source's tiling settings reach the converted processor -------------------------------------------------
+
+
+def test_dynamic_image_size_false_gives_one_tile_per_image(source, tokenizer_dir, tmp_path):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    edit_config(source, lambda c: c.update(dynamic_image_size=False, min_dynamic_patch=1, max_dynamic_patch=4))
+    out = convert(source, tmp_path / "out", dtype="float32", progress=False, tokenizer_source=tokenizer_dir)
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    wide = Image.new("RGB", (224, 56), "white")  # four tiles wide under dynamic tiling
+    assert processor(text="<image>", images=[wide])["pixel_values"].shape[0] == 1
+    assert (processor.image_processor.min_patches, processor.image_processor.max_patches) == (1, 4)
+
+
+@pytest.mark.parametrize("case", ["a folder", "not UTF-8"])
+def test_export_names_an_unreadable_config_json(converted_fixture, tmp_path, case):
+    source = tmp_path / "hf"
+    shutil.copytree(converted_fixture, source)
+    (source / "config.json").unlink()
+    if case == "a folder":  # was read as a default config: "config.json: ... num_hidden_layers is 32, but ..."
+        (source / "config.json").mkdir()
+        expected = f"config.json in {source} is a folder, not a JSON file"
+    else:
+        (source / "config.json").write_bytes(b'{"a": "\xff"}')
+        expected = f"config.json in {source} is not UTF-8 text (invalid start byte at byte 7)"
+    with pytest.raises(CheckpointError) as error:
+        export(source, tmp_path / "out", progress=False)
+    assert str(error.value) == expected
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_export_refuses_integer_weights_in_a_converted_folder(converted_fixture, tmp_path):
+    source = tmp_path / "hf"
+    shutil.copytree(converted_fixture, source)
+    edit_tensors(source, lambda t: t.update({"lm_head.weight": t["lm_head.weight"].to(torch.int32)}))
+    with pytest.raises(CheckpointError) as error:
+        export(source, tmp_path / "out", progress=False)
+    assert str(error.value) == (
+        "Weights must be floating point (float32, float16, bfloat16, float64, or float8 e4m3/e5m2, which convert "
+        "exactly): 1 tensor(s) are not: lm_head.weight (int32)"
+    )
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_tokenizer_config_that_is_a_folder(source, tokenizer_dir, tmp_path):
+    tokenizer = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, tokenizer)
+    (tokenizer / "tokenizer_config.json").unlink()
+    (tokenizer / "tokenizer_config.json").mkdir()
+    assert refusal(source, tmp_path / "out", tokenizer_source=tokenizer) == (
+        f"tokenizer_config.json in {tokenizer} is a folder, not a JSON file"
+    )

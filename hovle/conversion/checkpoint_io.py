@@ -14,8 +14,9 @@ import math
 import os
 import re
 import struct
+import zipfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -33,6 +34,41 @@ def name_keys(keys, limit: int = 5) -> str:
     keys = [str(key) for key in keys]
     shown = ", ".join(keys[:limit])
     return f"{shown} ... and {len(keys) - limit} more" if len(keys) > limit else shown
+
+
+def read_json_object(path: Path) -> dict:
+    """The JSON object in the file `path` (a config or an index); a `CheckpointError` naming the file when it is a
+    folder, unreadable, not UTF-8, not JSON, or not an object."""
+    where = f"{path.name} in {path.parent}"
+    if path.is_dir():
+        raise CheckpointError(f"{where} is a folder, not a JSON file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{where} is not UTF-8 text ({error.reason} at byte {error.start})") from error
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{where} is not valid JSON: {error}") from error
+    except OSError as error:
+        raise CheckpointError(f"Cannot read {where}: {error.strerror or error}") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where} must hold a JSON object")
+    return data
+
+
+# The weight dtypes a conversion reads: the floating-point ones as they are, float8 (e4m3 / e5m2) widened to float32
+# first (exactly: every float8 value is a float16, bfloat16 and float32 value), by safetensors' and torch's names.
+READABLE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+FLOAT8_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+_SAFETENSORS_NAMES = {"BOOL": "bool", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8"}
+_SAFETENSORS_NAMES.update({"U16": "uint16", "U32": "uint32", "U64": "uint64", "F8_E8M0": "float8_e8m0fnu"})
+# Prefixes a training wrapper puts before every key of the model it wraps; stripped when every key has one.
+WRAPPER_PREFIXES = {"module.": "a DDP/DeepSpeed wrapper's prefix", "_orig_mod.": "torch.compile's prefix"}
+
+
+def _dtype_name(dtype: str | torch.dtype) -> str:
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    return _SAFETENSORS_NAMES.get(dtype, dtype)
 
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -65,13 +101,55 @@ class TensorSource:
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._safe_handles: dict[Path, object] = {}
         self._bin_shards: dict[Path, dict[str, torch.Tensor]] = {}
+        self._stored: dict[str, str] = {}  # key -> the name it has in its file (with a wrapper's prefix)
+        dtypes: dict[str, str | torch.dtype] = {}
         for file in self._weight_files():
-            for key, shape in self._read_header(file).items():
+            for key, (shape, dtype) in self._read_header(file).items():
                 if key in self.key_to_file:
                     raise CheckpointError(f"Tensor {key} appears in both {self.key_to_file[key].name} and {file.name}")
                 self.key_to_file[key] = file
                 self._shapes[key] = shape
+                dtypes[key] = dtype
         self._check_index_agrees()
+        self._strip_wrapper_prefix()
+        not_float = {key: dtype for key, dtype in dtypes.items() if not self._readable(dtype)}
+        if not_float:
+            named = name_keys(f"{self._key(key)} ({_dtype_name(dtype)})" for key, dtype in not_float.items())
+            raise CheckpointError(
+                f"Weights must be floating point (float32, float16, bfloat16, float64, or float8 e4m3/e5m2, which "
+                f"convert exactly): {len(not_float)} tensor(s) are not: {named}"
+            )
+
+    @staticmethod
+    def _readable(dtype: str | torch.dtype) -> bool:
+        """`dtype`: safetensors' name (a .safetensors header) or a torch dtype (a .bin)."""
+        readable = {**READABLE_DTYPES, **FLOAT8_DTYPES}
+        return dtype in readable or dtype in readable.values()
+
+    def _key(self, stored: str) -> str:
+        """The key a tensor stored as `stored` is known by (its wrapper's prefix stripped)."""
+        return next((key for key, name in self._stored.items() if name == stored), stored) if self._stored else stored
+
+    def _strip_wrapper_prefix(self) -> None:
+        """A checkpoint saved from a wrapped model (DDP, DeepSpeed, torch.compile) has the wrapper's prefix on every
+        key: read its keys without it (the tensors are the same), saying so. Some keys with it and some without is a
+        broken checkpoint: refused."""
+        keys = list(self.key_to_file)
+        for prefix, why in WRAPPER_PREFIXES.items():
+            prefixed = [key for key in keys if key.startswith(prefix)]
+            if not prefixed:
+                continue
+            if len(prefixed) < len(keys):
+                others = [key for key in keys if not key.startswith(prefix)]
+                raise CheckpointError(
+                    f"{len(prefixed)} of {len(keys)} keys start with {prefix!r} ({why}) and {len(others)} do not: "
+                    f"{name_keys(others)}"
+                )
+            logger.warning("The keys of %s start with %r (%s): reading them without it", self.folder, prefix, why)
+            self._stored = {key.removeprefix(prefix): key for key in keys}
+            self.key_to_file = {key.removeprefix(prefix): file for key, file in self.key_to_file.items()}
+            self._shapes = {key.removeprefix(prefix): shape for key, shape in self._shapes.items()}
+            return
 
     # -- discovery ----------------------------------------------------------------------------------------------
     def _weight_files(self) -> list[Path]:
@@ -96,31 +174,48 @@ class TensorSource:
 
     @staticmethod
     def _load_index(path: Path) -> dict[str, str]:
-        try:
-            weight_map = json.loads(path.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{path.name} is not a valid weight index (needs a 'weight_map'): {error}") from error
+        """The index's tensor -> shard file map, every shard a file inside the index's folder."""
+        weight_map = read_json_object(path).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(
+                f"{path.name} is not a valid weight index: its 'weight_map' must be an object of tensor name -> "
+                f"shard file, not {type(weight_map).__name__ if weight_map is not None else 'missing'}"
+            )
+        if not weight_map:
+            raise CheckpointError(f"{path.name}: its 'weight_map' is empty (it names no tensor)")
+        for key, name in weight_map.items():
+            if not isinstance(name, str) or not name:
+                raise CheckpointError(f"{path.name}: weight_map[{key!r}] must be a shard file name, not {name!r}")
+        for name in sorted(set(weight_map.values())):
+            relative = PurePosixPath(name.replace("\\", "/"))
+            if relative.is_absolute() or ".." in relative.parts:
+                raise CheckpointError(f"{path.name} names shard {name!r}, a path outside {path.parent}")
+            if (path.parent / relative).is_dir():
+                raise CheckpointError(f"{path.name} names shard {name!r}, which is a folder, not a weights file")
         return weight_map
 
     def _check_index_agrees(self) -> None:
         if self._index is None:
             return
-        wrong = sorted(k for k, name in self._index.items() if self.key_to_file.get(k, Path()).name != name)
+        wrong = sorted(k for k, name in self._index.items() if self.key_to_file.get(k, Path()) != self.folder / name)
         if wrong:
             raise CheckpointError(f"The index lists tensors its shards do not hold: {name_keys(wrong)}")
 
-    def _read_header(self, file: Path) -> dict[str, tuple[int, ...]]:
+    def _read_header(self, file: Path) -> dict[str, tuple[tuple[int, ...], str | torch.dtype]]:
+        """key -> (shape, dtype: safetensors' name, or a torch dtype for a .bin) of one weights file."""
         if file.suffix == ".safetensors":
             try:
                 handle = safe_open(str(file), framework="pt")
-                shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+                slices = {key: handle.get_slice(key) for key in handle.keys()}
+                header = {key: (tuple(part.get_shape()), part.get_dtype()) for key, part in slices.items()}
             except (SafetensorError, OSError) as error:
                 raise CheckpointError(f"Cannot read {file.name} (truncated or corrupt safetensors): {error}") from error
             self._safe_handles[file] = handle
-            return shapes
+            return header
         try:
-            # mmap keeps a .bin shard out of RAM; weights_only refuses arbitrary pickled code.
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            # mmap keeps a .bin shard out of RAM; weights_only refuses arbitrary pickled code. A legacy (pre-1.6,
+            # non-zip) .bin cannot be memory-mapped: it is read whole, with the same weights_only safety.
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
         except Exception as error:  # torch.load raises RuntimeError, UnpicklingError, EOFError... for bad files
             raise CheckpointError(
                 f"Cannot read {file.name} (truncated, corrupt or not a weights file): {error}"
@@ -128,7 +223,7 @@ class TensorSource:
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(f"{file.name} does not hold a flat dict of tensors")
         self._bin_shards[file] = state
-        return {key: tuple(value.shape) for key, value in state.items()}
+        return {key: (tuple(value.shape), value.dtype) for key, value in state.items()}
 
     # -- access -------------------------------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -152,13 +247,16 @@ class TensorSource:
         return dict(self._shapes)
 
     def get(self, key: str) -> torch.Tensor:
-        file = self.key_to_file[key]
+        file, stored = self.key_to_file[key], self._stored.get(key, key)
         if file in self._safe_handles:
             try:
-                return self._safe_handles[file].get_tensor(key)
+                tensor = self._safe_handles[file].get_tensor(stored)
             except (SafetensorError, OSError) as error:
                 raise CheckpointError(f"Cannot read tensor {key} from {file.name}: {error}") from error
-        return self._bin_shards[file][key]
+        else:
+            tensor = self._bin_shards[file][stored]
+        # float8 widened exactly; torch has no finiteness check or most casts for it.
+        return tensor.to(torch.float32) if tensor.dtype in FLOAT8_DTYPES.values() else tensor
 
     @property
     def total_bytes(self) -> int:

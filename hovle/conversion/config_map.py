@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import LlamaConfig
@@ -15,10 +18,6 @@ logger = logging.getLogger(__name__)
 ORIGINAL_ARCHITECTURE = "InternVLChatModel"
 ORIGINAL_LLM_ARCHITECTURE = "InternLM2ForCausalLM"
 
-# The embedding module's rope theta / eps / max positions are not published for the release; when a config.json
-# omits them the original code used its config class defaults, so we do too (loudly).
-_EMBEDDING_CLASS_DEFAULTS = {"rope_theta": 10000.0, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096}
-
 
 def _require(section: dict[str, Any], name: str, where: str):
     if name not in section:
@@ -26,23 +25,184 @@ def _require(section: dict[str, Any], name: str, where: str):
     return section[name]
 
 
-def _positive_int(section: dict[str, Any], name: str, where: str, default=None) -> int:
-    """A required (or defaulted) count or size: a whole number of at least 1."""
-    value = section.get(name, default) if default is not None else _require(section, name, where)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        prefix = f"{where}." if where != "the top level" else ""
-        raise CheckpointError(f"config.json: {prefix}{name} must be a whole number of at least 1, got {value!r}")
+# The embedding module's rope theta / eps / max positions are not published for the release; when a config.json
+# omits them the original code used its config class defaults, so we do too (loudly).
+_EMBEDDING_CLASS_DEFAULTS = {"rope_theta": 10000.0, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096}
+_REQUIRED, _ABSENT = object(), object()  # a field's default: none (refused when missing) / none (left out)
+# Activations with learned parameters have no tensors in the checkpoint layout.
+_PARAMETRIC_ACTIVATIONS = ("prelu", "xielu")
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One setting of the original config.json that the converter reads: where it sits, what kind of value it must
+    hold, its default, and (for a "choice") the values the converted model supports and why only those."""
+
+    section: str | None  # "embedding_config", "llm_config", "llm_config.rope_scaling"; None: the top level
+    name: str
+    kind: str  # a key of _KINDS
+    default: Any = _REQUIRED
+    choices: tuple = ()
+    why: str = ""
+    nullable: bool = False  # `null` means "not set" (rope_scaling, force_image_size)
+
+    @property
+    def label(self) -> str:
+        return f"{self.section}.{self.name}" if self.section else self.name
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _one_of(choices) -> str:
+    shown = [json.dumps(choice) for choice in choices]
+    return shown[0] if len(shown) == 1 else "one of " + ", ".join(shown)
+
+
+def _activations() -> list[str]:
+    from transformers.activations import ACT2FN
+
+    return sorted(name for name in ACT2FN if name not in _PARAMETRIC_ACTIVATIONS)
+
+
+# kind -> (the test a value must pass, given the field and the vocabulary size; what the message says it must be)
+_KINDS = {
+    "bool": (lambda v, f, vocab: isinstance(v, bool), lambda f, vocab: "must be true or false"),
+    "count": (lambda v, f, vocab: _whole(v) and v >= 1, lambda f, vocab: "must be a whole number of at least 1"),
+    "positive": (lambda v, f, vocab: _number(v) and v > 0, lambda f, vocab: "must be a positive number"),
+    "factor": (lambda v, f, vocab: _number(v) and v >= 1, lambda f, vocab: "must be a number of at least 1"),
+    "ratio": (
+        lambda v, f, vocab: _number(v) and 0 < v <= 1 and abs(round(1 / v) * v - 1) < 1e-6,
+        lambda f, vocab: "must be 1/n for a whole number n (0.5 merges 2x2 patches into one token)",
+    ),
+    "token": (
+        lambda v, f, vocab: _whole(v) and 0 <= v < vocab,
+        lambda f, vocab: f"must be a token id of the vocabulary of {vocab} tokens (a whole number 0 .. {vocab - 1})",
+    ),
+    "choice": (
+        lambda v, f, vocab: any(v == c and type(v) is type(c) for c in f.choices),
+        lambda f, vocab: f"must be {_one_of(f.choices)}{f' ({f.why})' if f.why else ''}",
+    ),
+    "activation": (
+        lambda v, f, vocab: isinstance(v, str) and v in _activations(),
+        lambda f, vocab: f"must be an activation transformers implements without parameters: {_one_of(_activations())}",
+    ),
+    "object": (
+        lambda v, f, vocab: isinstance(v, dict),
+        lambda f, vocab: 'must be null or an object such as {"type": "dynamic", "factor": 2.0}',
+    ),
+}
+
+_EMB, _LLM = "embedding_config", "llm_config"
+_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+# Every setting the converter reads, in the order it checks them (vocabulary sizes before token ids).
+_FIELDS = (
+    _Field(_EMB, "llm_vocab_size", "count"),
+    *(_Field(_EMB, name, "count") for name in _SIZES),
+    _Field(_EMB, "patch_size", "count"),
+    _Field(_EMB, "image_size", "count", _ABSENT),
+    _Field(_EMB, "hidden_act", "activation", "silu"),
+    _Field(_EMB, "rms_norm_eps", "positive", _EMBEDDING_CLASS_DEFAULTS["rms_norm_eps"]),
+    _Field(_EMB, "max_position_embeddings", "count", _EMBEDDING_CLASS_DEFAULTS["max_position_embeddings"]),
+    _Field(_EMB, "rope_theta", "positive", _EMBEDDING_CLASS_DEFAULTS["rope_theta"]),
+    _Field(_EMB, "rope_scaling", "object", None, nullable=True),
+    _Field(_EMB, "downsample_ratio", "ratio", _ABSENT),
+    _Field(_EMB, "pixel_shuffle_loc", "choice", "pre", ("pre", "post")),
+    _Field(_EMB, "use_ls", "choice", False, (False,), "layer scale is not part of any release"),
+    _Field(_EMB, "use_pixel_shuffle_proj", "choice", True, (True,), "the releases' projector"),
+    _Field(_LLM, "vocab_size", "count"),
+    *(_Field(_LLM, name, "count") for name in _SIZES),
+    _Field(_LLM, "max_position_embeddings", "count"),
+    _Field(_LLM, "hidden_act", "activation", "silu"),
+    _Field(_LLM, "rms_norm_eps", "positive"),
+    _Field(_LLM, "rope_theta", "positive"),
+    _Field(_LLM, "rope_scaling", "object", None, nullable=True),
+    _Field(_LLM, "bias", "choice", False, (False,), "attention biases are not part of HoVLE's layout"),
+    _Field(_LLM, "tie_word_embeddings", "choice", False, (False,), "HoVLE's output head is untied"),
+    _Field(_LLM, "bos_token_id", "token", 1),
+    _Field(_LLM, "eos_token_id", "token", 2),
+    _Field(_LLM, "pad_token_id", "token", 2),
+    _Field(None, "template", "choice", "internlm2-chat", ("internlm2-chat",), "the chat template of the processor"),
+    _Field(None, "ps_version", "choice", "v2", ("v2",)),
+    _Field(None, "downsample_ratio", "ratio", _ABSENT),
+    _Field(None, "force_image_size", "count", _ABSENT, nullable=True),
+    _Field(None, "dynamic_image_size", "bool", True),
+    _Field(
+        None,
+        "use_thumbnail",
+        "choice",
+        True,
+        (True,),
+        "the processor adds a thumbnail tile to every multi-tile image, as the releases do",
+    ),
+    _Field(None, "min_dynamic_patch", "count", 1),
+    _Field(None, "max_dynamic_patch", "count", 6),
+    _Field(None, "normalize_encoder_output", "bool", False),
+)
+_ROPE_SCALING_FIELDS = ("type", "choice", _REQUIRED, ("dynamic", "linear")), ("factor", "factor", _REQUIRED, ())
+
+
+def _section(original: dict[str, Any], path: str | None) -> dict[str, Any]:
+    section = original
+    for name in path.split(".") if path else ():
+        section = section[name]
+    return section
+
+
+def _check_field(field: _Field, section: dict[str, Any], vocab: int | None, file: str = "config.json"):
+    """The value of `field` in `section` (or its default), or a `CheckpointError` naming the field."""
+    value = section.get(field.name, field.default)
+    if field.nullable and value is None:
+        value = field.default
+    if value is _REQUIRED:
+        raise CheckpointError(f"{file}: {field.section or 'the top level'} has no '{field.name}'")
+    if value is _ABSENT or (value is None and field.default is None):
+        return value
+    if field.name not in section and field.section == _EMB and field.name in _EMBEDDING_CLASS_DEFAULTS:
+        logger.warning(
+            "config.json: embedding_config has no '%s'; using the original config class default %s", field.name, value
+        )
+    valid, requirement = _KINDS[field.kind]
+    if not valid(value, field, vocab):
+        raise CheckpointError(f"{file}: {field.label} {requirement(field, vocab)}, got {json.dumps(value)}")
     return value
 
 
-def _check_numbers(original: dict[str, Any], emb: dict[str, Any], llm: dict[str, Any]) -> None:
-    """The numbers of the original config.json, checked before anything is built from them (a zero or a
+def check_setting(settings: dict[str, Any], name: str, kind: str, default: Any, file: str) -> Any:
+    """One top-level setting of another JSON file the converter reads (`tokenizer_config.json`), checked as the
+    config.json fields are: its value, or its default when absent."""
+    return _check_field(_Field(None, name, kind, default), settings, None, file)
+
+
+def _read_fields(original: dict[str, Any]) -> dict[str, Any]:
+    """Every setting the converter reads, type-checked by `_FIELDS` (the one table of what each must be), by label
+    ("llm_config.rms_norm_eps", "template"); fields left out without a default are absent."""
+    values: dict[str, Any] = {}
+    for field in _FIELDS:
+        vocab = values.get(f"{_LLM}.vocab_size")
+        value = _check_field(field, _section(original, field.section), vocab)
+        if value is not _ABSENT:
+            values[field.label] = value
+        if field.name == "rope_scaling" and value:
+            if "rope_type" in value and "type" not in value:  # transformers' spelling of the same key
+                value = {**value, "type": value["rope_type"]}
+            for name, kind, default, choices in _ROPE_SCALING_FIELDS:
+                _check_field(_Field(field.label, name, kind, default, choices), value, vocab)
+            values[field.label] = value
+    return values
+
+
+def _check_numbers(original: dict[str, Any], values: dict[str, Any]) -> None:
+    """How the config's numbers must agree with each other, checked before anything is built from them (a
     non-dividing head count would otherwise surface as a division error deep inside transformers)."""
-    for section, where, vocab in ((emb, "embedding_config", "llm_vocab_size"), (llm, "llm_config", "vocab_size")):
-        sizes = {name: _positive_int(section, name, where) for name in (vocab, "hidden_size", "intermediate_size")}
-        layers = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads")
-        sizes.update({name: _positive_int(section, name, where) for name in layers})
-        width, heads, kv_heads = sizes["hidden_size"], sizes["num_attention_heads"], sizes["num_key_value_heads"]
+    for where in (_EMB, _LLM):
+        width, heads = values[f"{where}.hidden_size"], values[f"{where}.num_attention_heads"]
+        kv_heads = values[f"{where}.num_key_value_heads"]
         if width % heads:
             raise CheckpointError(
                 f"config.json: {where}.num_attention_heads {heads} does not divide {where}.hidden_size {width}"
@@ -52,55 +212,54 @@ def _check_numbers(original: dict[str, Any], emb: dict[str, Any], llm: dict[str,
                 f"config.json: {where}.num_key_value_heads {kv_heads} does not divide "
                 f"{where}.num_attention_heads {heads}"
             )
-    _positive_int(llm, "max_position_embeddings", "llm_config")
-    for name in ("hidden_size", "llm_vocab_size"):
-        other = "vocab_size" if name == "llm_vocab_size" else name
-        if emb[name] != llm[other]:
+    for name, other in (("hidden_size", "hidden_size"), ("llm_vocab_size", "vocab_size")):
+        if values[f"{_EMB}.{name}"] != values[f"{_LLM}.{other}"]:
             raise CheckpointError(
-                f"config.json: embedding_config.{name} {emb[name]} differs from llm_config.{other} {llm[other]} "
-                "(the embedding module feeds the LLM: they must be equal)"
+                f"config.json: embedding_config.{name} {values[f'{_EMB}.{name}']} differs from llm_config.{other} "
+                f"{values[f'{_LLM}.{other}']} (the embedding module feeds the LLM: they must be equal)"
             )
-    image_token_id = _require(emb, "img_context_token_id", "embedding_config")
-    vocab = emb["llm_vocab_size"]
+    image_token_id = _require(_section(original, _EMB), "img_context_token_id", "embedding_config")
+    vocab = values[f"{_EMB}.llm_vocab_size"]
     if isinstance(image_token_id, bool) or not isinstance(image_token_id, int) or not 2 <= image_token_id < vocab:
         raise CheckpointError(
             f"config.json: embedding_config.img_context_token_id {image_token_id!r} is outside the vocabulary of "
             f"{vocab} tokens (it must be 2 .. {vocab - 1}: <img> and </img> take the two ids before it)"
         )
-    patch = _positive_int(emb, "patch_size", "embedding_config")
-    if "image_size" in emb:
-        image_size, image_field = _positive_int(emb, "image_size", "embedding_config"), "embedding_config.image_size"
-    else:
-        image_size, image_field = _positive_int(original, "force_image_size", "the top level", 448), "force_image_size"
-    if image_size % patch:
+    patch = values[f"{_EMB}.patch_size"]
+    for image_field in (f"{_EMB}.image_size", "force_image_size"):
+        if image_field in values and values[image_field] % patch:
+            raise CheckpointError(
+                f"config.json: {image_field} {values[image_field]} is not a multiple of embedding_config.patch_size "
+                f"{patch}"
+            )
+    # The same setting in two places (the tile size, the pixel-shuffle ratio): both must say the same.
+    for inner, outer, default in (
+        ("image_size", "force_image_size", 448),
+        ("downsample_ratio", "downsample_ratio", 0.5),
+    ):
+        given = {label: values[label] for label in (f"{_EMB}.{inner}", outer) if label in values}
+        if len(set(given.values())) > 1:
+            (first, a), (second, b) = given.items()
+            raise CheckpointError(f"config.json: {first} {a} differs from {second} {b}: they must agree")
+        values[inner] = next(iter(given.values()), default)
+    image_size = values["image_size"]
+    image_field = f"{_EMB}.image_size" if f"{_EMB}.image_size" in values else "force_image_size"
+    shuffle = round(1 / values["downsample_ratio"])
+    if (image_size // patch) % shuffle:
         raise CheckpointError(
-            f"config.json: {image_field} {image_size} is not a multiple of embedding_config.patch_size {patch}"
+            f"config.json: downsample_ratio {values['downsample_ratio']} merges {shuffle}x{shuffle} patches, but a "
+            f"tile is {image_size // patch} patches wide ({image_field} {image_size} / patch_size {patch})"
         )
-    low = _positive_int(original, "min_dynamic_patch", "the top level", 1)
-    high = _positive_int(original, "max_dynamic_patch", "the top level", 6)
+    low, high = values["min_dynamic_patch"], values["max_dynamic_patch"]
     if low > high:
         raise CheckpointError(f"config.json: min_dynamic_patch {low} is greater than max_dynamic_patch {high}")
-
-
-def _embedding_field(section: dict[str, Any], name: str):
-    if name in section:
-        return section[name]
-    logger.warning(
-        "config.json: embedding_config has no '%s'; using the original config class default %s",
-        name,
-        _EMBEDDING_CLASS_DEFAULTS[name],
-    )
-    return _EMBEDDING_CLASS_DEFAULTS[name]
 
 
 def _rope_parameters(theta: float, scaling: dict[str, Any] | None) -> dict[str, Any]:
     if not scaling:
         return {"rope_type": "default", "rope_theta": float(theta)}
-    kind = scaling.get("type", scaling.get("rope_type"))
-    if kind not in ("dynamic", "linear"):
-        raise CheckpointError(f"config.json: llm_config.rope_scaling type {kind!r} is not supported")
     # InternLM2's dynamic NTK scaling is the same formula as transformers' "dynamic" rope.
-    return {"rope_type": kind, "factor": float(scaling["factor"]), "rope_theta": float(theta)}
+    return {"rope_type": scaling["type"], "factor": float(scaling["factor"]), "rope_theta": float(theta)}
 
 
 def hovle_config_from_original(original: dict[str, Any]) -> HoVLEConfig:
@@ -129,53 +288,35 @@ def _hovle_config_from_original(original: dict[str, Any]) -> HoVLEConfig:
             f"config.json: unknown llm_config.architectures {llm.get('architectures')!r}; "
             f"expected [{ORIGINAL_LLM_ARCHITECTURE!r}]"
         )
-    if emb.get("use_ls", False):
-        raise CheckpointError("config.json: embedding_config.use_ls=true (layer scale) is not part of any release")
-    if not emb.get("use_pixel_shuffle_proj", True):
-        raise CheckpointError("config.json: embedding_config.use_pixel_shuffle_proj=false is not supported")
-    if original.get("ps_version", "v2") != "v2":
-        raise CheckpointError(f"config.json: ps_version {original['ps_version']!r} is not supported (only 'v2')")
-    _check_numbers(original, emb, llm)
+    values = _read_fields(original)
+    _check_numbers(original, values)
 
-    image_token_id = _require(emb, "img_context_token_id", "embedding_config")
+    def section(where: str) -> dict[str, Any]:
+        return {label.split(".", 1)[1]: value for label, value in values.items() if label.startswith(f"{where}.")}
+
+    e, t = section(_EMB), section(_LLM)
+    image_token_id = emb["img_context_token_id"]
+    token_ids = {name: t[name] for name in ("bos_token_id", "eos_token_id")}
     embedding_config = HoVLEEmbeddingConfig(
-        vocab_size=_require(emb, "llm_vocab_size", "embedding_config"),
-        hidden_size=_require(emb, "hidden_size", "embedding_config"),
-        intermediate_size=_require(emb, "intermediate_size", "embedding_config"),
-        num_hidden_layers=_require(emb, "num_hidden_layers", "embedding_config"),
-        num_attention_heads=_require(emb, "num_attention_heads", "embedding_config"),
-        num_key_value_heads=_require(emb, "num_key_value_heads", "embedding_config"),
-        hidden_act=emb.get("hidden_act", "silu"),
-        rms_norm_eps=_embedding_field(emb, "rms_norm_eps"),
-        max_position_embeddings=_embedding_field(emb, "max_position_embeddings"),
-        rope_parameters=_rope_parameters(_embedding_field(emb, "rope_theta"), emb.get("rope_scaling")),
-        image_size=emb.get("image_size", original.get("force_image_size", 448)),
-        patch_size=_require(emb, "patch_size", "embedding_config"),
-        downsample_ratio=emb.get("downsample_ratio", original.get("downsample_ratio", 0.5)),
-        pixel_shuffle_loc=emb.get("pixel_shuffle_loc", "pre"),
-        normalize_output=bool(original.get("normalize_encoder_output", False)),
-        bos_token_id=llm.get("bos_token_id", 1),
-        eos_token_id=llm.get("eos_token_id", 2),
+        vocab_size=e["llm_vocab_size"],
+        **{name: e[name] for name in (*_SIZES, "hidden_act", "rms_norm_eps", "max_position_embeddings")},
+        rope_parameters=_rope_parameters(e["rope_theta"], e["rope_scaling"]),
+        image_size=values["image_size"],
+        patch_size=e["patch_size"],
+        downsample_ratio=values["downsample_ratio"],
+        pixel_shuffle_loc=e["pixel_shuffle_loc"],
+        normalize_output=values["normalize_encoder_output"],
+        **token_ids,
     )
     text_config = LlamaConfig(
-        vocab_size=_require(llm, "vocab_size", "llm_config"),
-        hidden_size=_require(llm, "hidden_size", "llm_config"),
-        intermediate_size=_require(llm, "intermediate_size", "llm_config"),
-        num_hidden_layers=_require(llm, "num_hidden_layers", "llm_config"),
-        num_attention_heads=_require(llm, "num_attention_heads", "llm_config"),
-        num_key_value_heads=_require(llm, "num_key_value_heads", "llm_config"),
-        hidden_act=llm.get("hidden_act", "silu"),
-        max_position_embeddings=_require(llm, "max_position_embeddings", "llm_config"),
-        rms_norm_eps=_require(llm, "rms_norm_eps", "llm_config"),
-        rope_parameters=_rope_parameters(_require(llm, "rope_theta", "llm_config"), llm.get("rope_scaling")),
-        attention_bias=bool(llm.get("bias", False)),
-        tie_word_embeddings=bool(llm.get("tie_word_embeddings", False)),
-        bos_token_id=llm.get("bos_token_id", 1),
-        eos_token_id=llm.get("eos_token_id", 2),
-        pad_token_id=llm.get("pad_token_id", 2),
+        vocab_size=t["vocab_size"],
+        **{name: t[name] for name in (*_SIZES, "hidden_act", "max_position_embeddings", "rms_norm_eps")},
+        rope_parameters=_rope_parameters(t["rope_theta"], t["rope_scaling"]),
+        attention_bias=t["bias"],
+        tie_word_embeddings=False,
+        pad_token_id=t["pad_token_id"],
+        **token_ids,
     )
-    if text_config.tie_word_embeddings:
-        raise CheckpointError("config.json: llm_config.tie_word_embeddings=true; HoVLE's output head is untied")
     return HoVLEConfig(
         embedding_config=embedding_config,
         text_config=text_config,
@@ -183,11 +324,11 @@ def _hovle_config_from_original(original: dict[str, Any]) -> HoVLEConfig:
         # <img> and </img> sit right before <IMG_CONTEXT> in every HoVLE vocabulary (92544/92545/92546).
         image_start_token_id=image_token_id - 2,
         image_end_token_id=image_token_id - 1,
-        template=original.get("template", "internlm2-chat"),
-        dynamic_image_size=original.get("dynamic_image_size", True),
-        use_thumbnail=original.get("use_thumbnail", True),
-        min_dynamic_patch=original.get("min_dynamic_patch", 1),
-        max_dynamic_patch=original.get("max_dynamic_patch", 6),
+        template=values["template"],
+        dynamic_image_size=values["dynamic_image_size"],
+        use_thumbnail=values["use_thumbnail"],
+        min_dynamic_patch=values["min_dynamic_patch"],
+        max_dynamic_patch=values["max_dynamic_patch"],
         bos_token_id=text_config.bos_token_id,
         eos_token_id=text_config.eos_token_id,
         pad_token_id=text_config.pad_token_id,

@@ -21,6 +21,7 @@ from .checkpoint_io import (
     StreamingSafetensorsWriter,
     TensorSource,
     parse_size,
+    read_json_object,
     resolve_folder,
     target_dtype,
 )
@@ -33,8 +34,14 @@ from .layout import (
     ours_to_original,
     validate_transformers,
 )
-from .output_folder import atomic_output_folder
-from .to_transformers import ORIGINAL_TOKENIZER_DIR, ORIGINAL_TOKENIZER_PATTERNS, warnings_to_stderr
+from .output_folder import atomic_output_folder, config_json_matches, interruptions_raise
+from .to_transformers import (
+    ORIGINAL_TOKENIZER_DIR,
+    ORIGINAL_TOKENIZER_PATTERNS,
+    is_converted_folder,
+    planned_bytes,
+    warnings_to_stderr,
+)
 from .tokenizer import TOKENIZER_FILES
 
 logger = logging.getLogger(__name__)
@@ -57,6 +64,9 @@ def export(
     shard_bytes = parse_size(max_shard_size)
     patterns = ["*.json", "*.safetensors", *(f"{ORIGINAL_TOKENIZER_DIR}/{p}" for p in ORIGINAL_TOKENIZER_PATTERNS)]
     folder = resolve_folder(source, allow_patterns=patterns)
+    if (folder / "config.json").exists():
+        # Named as it is: a folder there would otherwise give a default config (32 layers) and a misleading error.
+        read_json_object(folder / "config.json")
     try:
         config = HoVLEConfig.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as error:
@@ -74,9 +84,15 @@ def export(
 
     geometries = geometries_from_config(config)
     keys = list(original_keys_for(config.embedding_config.num_hidden_layers, config.text_config.num_hidden_layers))
-    with atomic_output_folder(Path(output), overwrite=overwrite, inputs=[folder]) as scratch:
-        original_shapes = expected_original_shapes(config)
-        plan = [(key, original_shapes[key], out_dtype) for key in keys]
+    original_shapes = expected_original_shapes(config)
+    plan = [(key, original_shapes[key], out_dtype) for key in keys]
+    with atomic_output_folder(
+        Path(output),
+        overwrite=overwrite,
+        inputs=[folder],
+        looks_ours=is_package_output,
+        needed_bytes=planned_bytes(plan, folder),
+    ) as scratch:
         writer = StreamingSafetensorsWriter(scratch, plan, shard_bytes)
         finite = NonfiniteCheck(out_dtype)
         for key in tqdm(keys, desc="Exporting", unit="tensor", disable=not progress):
@@ -99,8 +115,15 @@ def export(
     return Path(output)
 
 
+def is_package_output(path: Path) -> bool:
+    """Whether `path` looks like a folder this package wrote: an export (the release layout's config.json, with
+    `embedding_config` and `llm_config`) or a converted folder. The marker `--overwrite` needs before it replaces."""
+    release = config_json_matches(path, lambda settings: "embedding_config" in settings and "llm_config" in settings)
+    return release or is_converted_folder(path)
+
+
 def run(args: argparse.Namespace) -> Path:
-    with warnings_to_stderr():
+    with warnings_to_stderr(), interruptions_raise():
         return export(
             args.input,
             args.output,

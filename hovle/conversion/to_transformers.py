@@ -35,12 +35,13 @@ from .checkpoint_io import (
     StreamingSafetensorsWriter,
     TensorSource,
     parse_size,
+    read_json_object,
     resolve_folder,
     target_dtype,
 )
 from .config_map import hovle_config_from_original
 from .layout import geometries_from_config, map_original_key, model_state_shapes, original_to_ours, validate_original
-from .output_folder import atomic_output_folder
+from .output_folder import atomic_output_folder, config_json_matches, interruptions_raise
 from .tokenizer import TOKENIZER_FILES, tokenizer_for_model, write_processor_files
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ AUTO_MAP = {
     "AutoModelForImageTextToText": "modeling_hovle.HoVLEForConditionalGeneration",
     "AutoModelForCausalLM": "modeling_hovle.HoVLEForConditionalGeneration",
 }
+PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_hovle.HoVLEProcessor"}
 SOURCE_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.model", "*.py", "*.txt", "*.md"]
 # The release's tokenizer files as they are (+ its slow tokenizer's code, when present), kept in a converted folder
 # for `hovle export`. A subfolder: AutoTokenizer / AutoProcessor read only the folder's top level.
@@ -105,13 +107,37 @@ Pixel-shuffle location: `{config.embedding_config.pixel_shuffle_loc}`; {config.t
 
 
 def copy_remote_code(folder: Path) -> None:
+    """Ship the remote code in a written folder and point its config files at it, so that the folder loads through
+    transformers' Auto classes and `pipeline()` with `trust_remote_code=True` in a process that never imported this
+    package: the one rule for every folder the package writes (`hovle convert`, `hovle train`, LoRA merge). Call it
+    after the model and processor files are saved. `auto_map` is written into the files rather than left to
+    `register_for_auto_class`, whose class-wide flag outlives the call: a processor saved by a fresh process (a
+    training run) had none, one saved after a conversion in the same process had it."""
     package_dir = Path(configuration_hovle.__file__).parent
     for name in REMOTE_CODE_FILES:
         shutil.copy2(package_dir / name, folder / name)
+    _edit_json(folder / "config.json", lambda settings: settings.update(auto_map=dict(AUTO_MAP)))
+
+    def processor_settings(settings: dict) -> None:
+        settings["auto_map"] = dict(PROCESSOR_AUTO_MAP)
+        if isinstance(settings.get("image_processor"), dict):  # a stock image processor: no pointer of its own
+            settings["image_processor"].pop("auto_map", None)
+
+    _edit_json(folder / "processor_config.json", processor_settings)
+    # The tokenizer is a stock fast tokenizer: no remote-code pointer in its config.
+    _edit_json(folder / "tokenizer_config.json", lambda settings: settings.pop("auto_map", None))
+
+
+def _edit_json(path: Path, edit) -> None:
+    """Apply `edit` to the JSON object in `path`, if the file exists; written as transformers writes its configs."""
+    if not path.is_file():
+        return
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    edit(settings)
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def save_hf_config(config: HoVLEConfig, folder: Path, dtype: torch.dtype, end_of_turn_id: int | None) -> None:
-    config.auto_map = dict(AUTO_MAP)
     config.architectures = ["HoVLEForConditionalGeneration"]
     config.dtype = dtype
     config.save_pretrained(folder)
@@ -173,13 +199,7 @@ def convert(
     config_path = folder / "config.json"
     if not config_path.exists():
         raise CheckpointError(f"No config.json in {folder}")
-    try:
-        original_config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"config.json in {folder} is not valid JSON: {error}") from error
-    if not isinstance(original_config, dict):
-        raise CheckpointError(f"config.json in {folder} must hold a JSON object")
-    config = hovle_config_from_original(original_config)
+    config = hovle_config_from_original(read_json_object(config_path))
     tensors = TensorSource(folder)
     validate_original(tensors.shapes(), config)
     tokenizer_dir = tokenizer_folder(folder, tokenizer_source)
@@ -189,10 +209,16 @@ def convert(
 
     geometries = geometries_from_config(config)
     output = Path(output)
-    with atomic_output_folder(output, overwrite=overwrite, inputs=[folder, tokenizer_dir]) as scratch:
-        ours = model_state_shapes(config)
-        mappings = {key: map_original_key(key) for key in tensors.keys()}
-        plan = [(t, ours[t], out_dtype) for mapping in mappings.values() for t in mapping.targets]
+    ours = model_state_shapes(config)
+    mappings = {key: map_original_key(key) for key in tensors.keys()}
+    plan = [(t, ours[t], out_dtype) for mapping in mappings.values() for t in mapping.targets]
+    with atomic_output_folder(
+        output,
+        overwrite=overwrite,
+        inputs=[folder, tokenizer_dir],
+        looks_ours=is_converted_folder,
+        needed_bytes=planned_bytes(plan, folder),
+    ) as scratch:
         writer = StreamingSafetensorsWriter(scratch, plan, shard_bytes)
         finite = NonfiniteCheck(out_dtype)
         # The bar counts written tensors: a fused wqkv source tensor advances it by its three targets.
@@ -230,6 +256,20 @@ def convert(
     return output
 
 
+def is_converted_folder(path: Path) -> bool:
+    """Whether `path` looks like a folder this package wrote in transformers layout (`hovle convert`, `hovle
+    train`): its config.json names a HoVLE model. The marker `--overwrite` needs before it replaces a folder."""
+    return config_json_matches(path, lambda settings: settings.get("model_type") == HoVLEConfig.model_type)
+
+
+def planned_bytes(plan: list[tuple[str, tuple[int, ...], torch.dtype]], source: Path) -> int:
+    """The bytes a writing plan will take: its tensors, plus the source's small files (config, tokenizer) that
+    travel with them, as a margin."""
+    tensors = sum(torch.Size(shape).numel() * dtype.itemsize for _, shape, dtype in plan)
+    small = sum(f.stat().st_size for f in source.iterdir() if f.is_file() and f.suffix not in (".safetensors", ".bin"))
+    return tensors + small
+
+
 def upload_folder(folder: Path, repo_id: str, private: bool = False) -> None:
     from huggingface_hub import HfApi, constants
 
@@ -256,7 +296,7 @@ def warnings_to_stderr() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> Path:
-    with warnings_to_stderr():
+    with warnings_to_stderr(), interruptions_raise():
         return convert(
             args.input,
             args.output,

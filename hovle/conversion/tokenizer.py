@@ -36,7 +36,8 @@ from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import import_protobuf
 from transformers.tokenization_utils_base import generate_merges
 
-from .checkpoint_io import CheckpointError
+from .checkpoint_io import CheckpointError, read_json_object
+from .config_map import check_setting
 
 # sentencepiece's piece types (sentencepiece_model.proto).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -101,8 +102,8 @@ class TokenizerFiles:
     def read(cls, folder: str | Path) -> TokenizerFiles:
         folder = Path(folder)
         config = _read_json(folder / "tokenizer_config.json")
-        files = cls(add_bos_token=bool(config.get("add_bos_token", True)))
-        files.add_eos_token = bool(config.get("add_eos_token", False))
+        files = cls(add_bos_token=check_setting(config, "add_bos_token", "bool", True, "tokenizer_config.json"))
+        files.add_eos_token = check_setting(config, "add_eos_token", "bool", False, "tokenizer_config.json")
         for raw_id, entry in (config.get("added_tokens_decoder") or {}).items():
             token_id = _as_id(raw_id, "tokenizer_config.json added_tokens_decoder")
             if not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
@@ -153,15 +154,8 @@ class TokenizerFiles:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path.name} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path.name} must hold a JSON object, not {type(data).__name__}")
-    return data
+    """An optional tokenizer file's JSON object ({} when the file is absent)."""
+    return read_json_object(path) if path.exists() else {}
 
 
 def _as_id(value, where: str) -> int:
@@ -359,6 +353,14 @@ def convert_tokenizer(
     folder = Path(folder)
     if not (folder / "tokenizer.model").exists():
         return None
+    if not (folder / "tokenizer_config.json").exists():
+        # It names the added tokens (<img>, </img>, <IMG_CONTEXT>, ...) and the tokenizer class: the release's
+        # tokenizer does not load without it, and tokenizer.model alone lacks the image tokens.
+        raise CheckpointError(
+            f"{folder} has tokenizer.model but no tokenizer_config.json (the release's file that lists the added "
+            "tokens <img>, </img>, <IMG_CONTEXT>): copy it from the release next to tokenizer.model, or pass "
+            "--tokenizer DIR_OR_HUB_ID (tokenizer_source=) with the release's tokenizer files"
+        )
     return build_fast_tokenizer(
         folder / "tokenizer.model", TokenizerFiles.read(folder), model_vocab_size, model_max_length
     )
@@ -378,7 +380,8 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, config):
     side = config.embedding_config.image_size
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": side, "width": side},
-        crop_to_patches=True,
+        # The source config's tiling: dynamic tiles, or the whole image as one tile (`dynamic_image_size=false`).
+        crop_to_patches=config.dynamic_image_size,
         min_patches=config.min_dynamic_patch,
         max_patches=config.max_dynamic_patch,
         image_mean=IMAGENET_MEAN,
@@ -414,12 +417,6 @@ def tokenizer_for_model(source: Path, config) -> PreTrainedTokenizerFast | None:
 
 def write_processor_files(tokenizer: PreTrainedTokenizerFast, output: Path, config) -> dict[str, int]:
     """Save tokenizer, processor and chat template into `output`; returns the ids the generation config needs."""
-    processor = build_processor(tokenizer, config)
-    processor.register_for_auto_class("AutoProcessor")
-    processor.save_pretrained(output)
-    # The tokenizer is a stock fast tokenizer: keep the processor's remote-code pointer out of its config.
-    tokenizer_config = output / "tokenizer_config.json"
-    settings = json.loads(tokenizer_config.read_text())
-    settings.pop("auto_map", None)
-    tokenizer_config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    # `auto_map` and the remote code come later, from `to_transformers.copy_remote_code` (one rule for every folder).
+    build_processor(tokenizer, config).save_pretrained(output)
     return {"im_end": tokenizer.convert_tokens_to_ids("<|im_end|>"), "pad": tokenizer.pad_token_id}

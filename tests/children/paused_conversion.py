@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hovle.conversion import to_transformers
 from hovle.conversion.checkpoint_io import CheckpointError, StreamingSafetensorsWriter
+from hovle.conversion.output_folder import Interrupted
 
 source, output, state = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 original_add = StreamingSafetensorsWriter.add
@@ -31,4 +32,7 @@ try:
 except CheckpointError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
+except Interrupted as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(error.exit_code)
 print("written")
