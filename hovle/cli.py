@@ -42,6 +42,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def tile_budget(text: str) -> int:
+    """`--max-tiles`: a whole number the processor accepts (1..`MAX_TILES_LIMIT`), checked by the processor's rule."""
+    from .processing_hovle import check_max_tiles
+
+    value = positive_int(text)
+    try:
+        check_max_tiles(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
 def status(message: str) -> None:
     print(f"[hovle] {message}", file=sys.stderr, flush=True)
 
@@ -53,7 +65,7 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", action="append", default=[], type=Path, help="image file (repeatable)")
     parser.add_argument("--system", help="system message (empty string: none)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
-    parser.add_argument("--max-tiles", type=positive_int, default=6, help="most tiles per image")
+    parser.add_argument("--max-tiles", type=tile_budget, default=6, help="most tiles per image")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument(
@@ -83,7 +95,9 @@ def add_checkpoint_writing_arguments(parser: argparse.ArgumentParser, input_help
     parser.add_argument("--output", required=True, help="folder to write (must be empty or absent)")
     parser.add_argument("--dtype", default=dtype, choices=["bfloat16", "float16", "float32"], help=f"default {dtype}")
     parser.add_argument("--max-shard-size", default="5GB", help="e.g. 5GB, 500MB")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty --output that this package wrote earlier"
+    )
     parser.add_argument(
         "--allow-nonfinite",
         action="store_true",
@@ -91,7 +105,25 @@ def add_checkpoint_writing_arguments(parser: argparse.ArgumentParser, input_help
     )
 
 
+CONVERT_DESCRIPTION = (
+    "Convert the original HoVLE release (OpenGVLab/HoVLE or HoVLE-HD, or a checkpoint of the original training "
+    "code) into a transformers folder: the weights in Llama layout, the config, the model's code (for "
+    "trust_remote_code) and, from --input or --tokenizer, the tokenizer and processor that `hovle chat`, "
+    "pipeline() and AutoProcessor need. The config, the tokenizer and every tensor's name and shape are checked "
+    "before anything is written, NaN/Inf values while writing, and --output appears only once complete. Load the "
+    "result with --model in `hovle chat`, `hovle demo` and `hovle train`, or with transformers' from_pretrained."
+)
+EXPORT_DESCRIPTION = (
+    "Write a transformers-format HoVLE folder (converted, or trained with `hovle train`) back in the original "
+    "release layout, which the original InternVL code loads; the release's tokenizer files that `hovle convert` "
+    "kept are written back too. Every tensor's name and shape is checked before anything is written, NaN/Inf "
+    "values while writing, and --output appears only once complete."
+)
+
+
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    if parser.description is None:
+        parser.description = CONVERT_DESCRIPTION
     add_checkpoint_writing_arguments(parser, "original-format folder or Hub repo id", "bfloat16")
     parser.add_argument("--push-to-hub", metavar="REPO", help="upload the result to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
@@ -104,27 +136,56 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    if parser.description is None:
+        parser.description = EXPORT_DESCRIPTION
     # The release stores float32.
     add_checkpoint_writing_arguments(parser, "transformers-format HoVLE folder or Hub repo id", "float32")
 
 
+TRAIN_DESCRIPTION = (
+    "Fine-tune a converted HoVLE model with the transformers Trainer, one of the paper's three stages: 1 distils "
+    "the embedding module from --teacher on unpaired images and text, 2 trains the embedding module on chat data "
+    "(the LLM frozen), 3 trains everything on chat data. The arguments and every line of --data are checked before "
+    "the model loads; the trained model replaces --output only when training finishes. Several GPUs: torchrun or "
+    "accelerate launch -m hovle.training.train (see hovle.training.train)."
+)
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    # Defaults shown in --help ("%(default)s"): they decide how long a run takes and what it learns.
+    if parser.description is None:
+        parser.description = TRAIN_DESCRIPTION
     parser.add_argument("--model", required=True, help="converted HoVLE folder or Hub id")
-    parser.add_argument("--data", required=True, help="JSON lines file")
-    parser.add_argument("--stage", type=int, required=True, choices=[1, 2, 3])
+    parser.add_argument(
+        "--data",
+        required=True,
+        help='JSON lines file: {"messages": [...], "images": [...]} per line (stages 2, 3) or {"image": ...} / '
+        '{"text_ids": [...]} (stage 1); image paths relative to the file',
+    )
+    parser.add_argument(
+        "--stage", type=int, required=True, choices=[1, 2, 3], help="1 distillation, 2 alignment, 3 instruction"
+    )
     parser.add_argument(
         "--output", required=True, help="folder for the trained model (not the model folder; empty or absent)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output when training ends")
-    parser.add_argument("--teacher", help="stage 1 (required there): teacher model folder or Hub id")
+    parser.add_argument("--teacher", help="stage 1 only (required there): teacher model folder or Hub id")
     parser.add_argument("--lora", choices=["embedding", "text", "both"], help="train LoRA adapters on these stacks")
-    parser.add_argument("--max-steps", type=positive_int, default=100)
-    parser.add_argument("--batch-size", type=positive_int, default=1, help="per device")
-    parser.add_argument("--grad-accum", type=positive_int, default=1)
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--optim", default="adamw_torch")
-    parser.add_argument("--max-tiles", type=positive_int, default=6, help="most tiles per image")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--max-steps", type=positive_int, default=100, help="optimizer steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="per device (default: %(default)s)")
+    parser.add_argument(
+        "--grad-accum", type=positive_int, default=1, help="gradient accumulation steps (default: %(default)s)"
+    )
+    parser.add_argument("--lr", type=float, default=2e-5, help="learning rate, constant (default: %(default)s)")
+    parser.add_argument("--optim", default="adamw_torch", help="a transformers optimizer name (default: %(default)s)")
+    parser.add_argument("--max-tiles", type=tile_budget, default=6, help="most tiles per image (default: %(default)s)")
+    parser.add_argument(
+        "--max-length",
+        type=positive_int,
+        help="refuse samples longer than this many tokens, image tokens included (default: the model's context, "
+        "max_position_embeddings)",
+    )
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory")
     parser.add_argument("--sequential", action="store_true", help="no shuffling (reproducible comparisons)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 weights and autocast (GPU or CPU)")
     parser.add_argument(
@@ -132,7 +193,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train on CPU even with a GPU (the default without one; gloo for multi-process)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     add_trust_remote_code_argument(parser)
 
 
@@ -199,8 +260,11 @@ def run(args: argparse.Namespace) -> None:
     from transformers import TextStreamer
 
     from .loading import load_model_and_processor
+    from .processing_hovle import open_image
 
     check_device(args.device)
+    # Decoded before the model loads (minutes at full size), so that an unreadable image is said at once.
+    images = [open_image(path) for path in args.image] or None
     dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     with tempfile.TemporaryDirectory(prefix="hovle-default-") as scratch:
         model_path = args.model
@@ -228,7 +292,6 @@ def run(args: argparse.Namespace) -> None:
     if args.system is not None:
         messages.insert(0, {"role": "system", "content": args.system})
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    images = [str(path) for path in args.image] or None
     inputs = processor(images=images, text=prompt, max_tiles=args.max_tiles, return_tensors="pt").to(model.device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
@@ -248,6 +311,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (UserError, LoadError, CheckpointError, ValueError, FileNotFoundError, PermissionError)
 
 
+def interruptions() -> type[BaseException]:
+    """SIGINT/SIGTERM while a command writes a folder: printed as one line, exit status 128 + the signal."""
+    from .conversion.output_folder import Interrupted
+
+    return Interrupted
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command == "chat":
@@ -261,6 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's choice, not a bug: one line and the shell's status for SIGINT, no traceback.
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except interruptions() as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
     if written is not None:
         print(f"Wrote {written}")
     return 0

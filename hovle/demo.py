@@ -38,7 +38,7 @@ from .cli import (
 
 DEFAULT_MAX_IMAGES = 4
 DEFAULT_MAX_TILES = 6
-MAX_TILES_LIMIT = 12
+SLIDER_MAX_TILES = 12
 MAX_NEW_TOKENS_LIMIT = 2048
 # A CPU streams a few tokens a second at full size: keep its first reply short.
 CPU_MAX_NEW_TOKENS = 64
@@ -327,7 +327,7 @@ def build_app(engine: ChatEngine, max_new_tokens: int | None = None):
         with gr.Accordion("Generation settings", open=False):
             new_tokens = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=default_tokens, step=1, label="Max new tokens")
             temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0: greedy)")
-            max_tiles = gr.Slider(1, MAX_TILES_LIMIT, value=DEFAULT_MAX_TILES, step=1, label="Max tiles per image")
+            max_tiles = gr.Slider(1, SLIDER_MAX_TILES, value=DEFAULT_MAX_TILES, step=1, label="Max tiles per image")
         # The reply as plain text (the chatbot renders markdown), for copying.
         raw_reply = gr.Textbox(label="Last reply (plain text)", interactive=False, elem_id="hovle-reply")
         turns = gr.State([])

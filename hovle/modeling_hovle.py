@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,12 @@ _accept_past_key_values = (
 )
 # The rotary forward without its decorators: transformers' `dynamic_rope_update` (and, on 5.17, `no_grad`).
 _UNWRAPPED_ROPE_FORWARD = inspect.unwrap(LlamaRotaryEmbedding.forward)
+try:  # transformers' load-report helper: `layers.{3, 4}.mlp.up_proj.weight` for one key per layer
+    from transformers.utils.loading_report import update_key_name as _merge_layer_keys
+except ImportError:  # a later version without it: list every key
+
+    def _merge_layer_keys(keys):
+        return keys
 
 
 def _empty_layer_like(layer: DynamicLayer | StaticLayer, layer_class: type | None = None) -> DynamicLayer | StaticLayer:
@@ -190,6 +197,21 @@ class HoVLEProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(features)))
 
 
+class WeightsMismatchError(ValueError, RuntimeError):
+    """A checkpoint whose tensors do not fit its config (missing, of another shape or left over), said in one line.
+    Also a `RuntimeError`, what transformers raises for tensors of another shape."""
+
+
+def _key_list(keys, shown: int = 6) -> str:
+    """Tensor names in short: a decoder layer's tensors by the layer's name (`...layers.3`), layers merged
+    (`...layers.{3, 4}`, with transformers' report helper), the first `shown` entries, counts of the rest and of
+    all tensors."""
+    entries = {re.sub(r"^(.*\.layers\.\d+)\..*$", r"\1", key) for key in keys}
+    merged = sorted(_merge_layer_keys(entries))
+    more = f" and {len(merged) - shown} more" if len(merged) > shown else ""
+    return ", ".join(merged[:shown]) + more + f" ({len(keys)} tensor{'s' * (len(keys) != 1)})"
+
+
 class HoVLEPreTrainedModel(PreTrainedModel):
     config_class = HoVLEConfig
     config: HoVLEConfig
@@ -203,6 +225,53 @@ class HoVLEPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' `from_pretrained`, refusing weights that do not fit the folder's config.json.
+
+        transformers fills a tensor the weights lack (a config claiming more layers) with random values and only logs
+        a table, and a tensor of another shape (another vocabulary size) raises a RuntimeError that points at that
+        table: either way the model is not the one saved. Here both, and tensors of the weights that have no place
+        in a model of the class they were saved from (a config claiming fewer layers), raise a `WeightsMismatchError`
+        naming them. As in transformers, `output_loading_info=True` hands the report to the caller instead,
+        `ignore_mismatched_sizes=True` re-initialises tensors of another shape, and weights passed as `state_dict=`
+        load as they are.
+        """
+        # Weights handed over (`state_dict=`, e.g. empty to initialise every tensor) are the caller's to judge.
+        if (
+            kwargs.get("output_loading_info")
+            or kwargs.get("state_dict") is not None
+            or pretrained_model_name_or_path is None
+        ):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        tolerate_shapes = kwargs.pop("ignore_mismatched_sizes", False)
+        # Shape mismatches come back in the report (to be named below) instead of transformers' RuntimeError.
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path,
+            *model_args,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+            **kwargs,
+        )
+        problems = []
+        if info["missing_keys"]:
+            problems.append(f"missing from the weights: {_key_list(info['missing_keys'])}")
+        if info["mismatched_keys"] and not tolerate_shapes:
+            shapes = sorted(
+                f"{key} {list(saved)} (config: {list(wanted)})" for key, saved, wanted in info["mismatched_keys"]
+            )
+            more = f" and {len(shapes) - 3} more" if len(shapes) > 3 else ""
+            problems.append(f"of another shape in the weights: {', '.join(shapes[:3])}{more}")
+        # Loading a part (e.g. `HoVLEModel` from a folder saved with its LM head) leaves tensors out on purpose.
+        if info["unexpected_keys"] and cls.__name__ in (model.config.architectures or [cls.__name__]):
+            problems.append(f"in the weights but not in the config's model: {_key_list(info['unexpected_keys'])}")
+        if problems:
+            raise WeightsMismatchError(
+                f"{pretrained_model_name_or_path}: the weights do not match its config.json (edited, or from another "
+                f"model?): tensors {'; '.join(problems)}"
+            )
+        return model
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -516,6 +585,10 @@ class HoVLEModel(HoVLEPreTrainedModel):
             self._check_no_orphan_image_tokens(input_ids, past_length)
         if pixel_values is not None:
             self.embedding_model.vision_embeddings.check_shape(pixel_values)
+            # Pixels come only with the prompt (never in the compiled decoding step), so this sync is one per call;
+            # NaN/Inf pixels would otherwise turn every state into NaN and greedy decoding into token 0.
+            if not torch.compiler.is_compiling() and not bool(torch.isfinite(pixel_values).all()):
+                raise ValueError("pixel_values holds NaN or infinite values: make them with the model's processor")
 
         if self.config.embedding_config.pixel_shuffle_loc == "pre":
             if pixel_values is not None:
@@ -710,6 +783,27 @@ class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, Genera
 
     # generate() checks its keyword arguments against this signature; the cache argument's name differs by version.
     prepare_inputs_for_generation.__signature__ = inspect.signature(GenerationMixin.prepare_inputs_for_generation)
+
+    def _prepare_generated_length(self, generation_config, *args, **kwargs):
+        """transformers' lengths, with the prompt plus the new tokens capped at the LLM's context (a warning says so):
+        the caches are laid out for that many positions, and a static cache of `max_new_tokens=10**9` would
+        otherwise be allocated whole. A prompt already at the context still gets one new token."""
+        generation_config = super()._prepare_generated_length(generation_config, *args, **kwargs)
+        prompt_length = kwargs.get("input_ids_length")
+        context = self.config.text_config.max_position_embeddings
+        if prompt_length is None or generation_config.max_length is None:
+            return generation_config
+        capped = max(context, prompt_length + 1)
+        if generation_config.max_length > capped:
+            logger.warning(
+                f"Generating at most {capped - prompt_length} new tokens instead of "
+                f"{generation_config.max_length - prompt_length}: the prompt ({prompt_length} tokens) and the reply must "
+                f"fit the model's context of {context} tokens"
+            )
+            generation_config.max_length = capped
+            if generation_config.max_new_tokens is not None:
+                generation_config.max_new_tokens = capped - prompt_length
+        return generation_config
 
     def _prepare_static_cache(
         self,

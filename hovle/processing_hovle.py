@@ -1,17 +1,31 @@
 """HoVLE processor: InternVL dynamic tiling, `<image>` placeholder expansion and the `internlm2-chat` template.
 
-* Tiling reuses transformers' `GotOcr2ImageProcessorPil` (`crop_to_patches`), which implements InternVL's dynamic
-  tiling exactly (grid choice with its tie rule, bicubic resize, row-major tiles, thumbnail when more than one
-  tile); the test suite proves it against an independent PIL + numpy implementation.
+* Tiling is InternVL's dynamic tiling: the grid is chosen by `closest_grid` (InternVL's choice in every case, its
+  tie rule and order included, in time linear in the tile budget; budgets above `MAX_TILES_LIMIT` are refused),
+  then the image is resized bicubically to the grid and cut row by row, a thumbnail is added when there is more
+  than one tile, and transformers' `GotOcr2ImageProcessorPil` rescales and normalises the tiles; the test suite
+  proves it against an independent PIL + numpy implementation.
 * Each `<image>` in the text becomes `<img>` + `<IMG_CONTEXT>` x (tokens per tile x tiles) + `</img>`; text with
   images but no `<image>` gets them prepended the way the original `chat()` did (`<image>\\n`, or
   `Image-1: <image>\\nImage-2: <image>\\n...`).
 * Images are opened defensively: EXIF orientation applied, every mode converted to RGB, and unreadable files
   (truncated, empty, not an image, over PIL's decompression-bomb limit) raise a `ValueError` naming the file.
+* User text and control tokens, one policy: in chat MESSAGES the text is data. A control token (`<|im_start|>`,
+  `<|im_end|>`, `<s>`, `<img>`, any added token) or `<image>` typed in a message's text is tokenized as plain text
+  (`split_special_tokens`), so a user cannot end a turn, open a system turn or forge an image slot; only the
+  template's own markup and `{"type": "image"}` items give control tokens and image blocks. `apply_chat_template`
+  wraps such typed tokens in two private-use characters (`TEXT_MARK_START`/`TEXT_MARK_END`) in the rendered prompt,
+  so `processor(text=rendered)` (the pipeline's and the README's path) keeps them text too; chats without typed
+  control tokens render and tokenize exactly as before. A prompt STRING written by the caller and given to
+  `processor(text=...)` is trusted markup: `<image>` there is a placeholder. `chat()` follows the release there:
+  its question's `<image>` is the placeholder, its other control tokens are text; so do training data lines (the data
+  format counts a typed `<image>` as a placeholder). The training collator supervises exactly the template's
+  `{% generation %}` blocks (`encode_chats_with_reply_mask`), whatever the user typed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
@@ -20,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils.chat_template_utils import render_jinja_template
 
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_START, IMAGE_END, IMAGE_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -65,24 +80,243 @@ CHAT_TEMPLATE = (
 )
 
 
+# Chat messages carry user data: a control token (`<|im_end|>`, `<s>`, `<img>`, ...) or `<image>` typed in a message's
+# text is wrapped in these private-use characters when the template renders it, and `encode_marked_texts` encodes
+# it as plain text; only the template's own markup and image items give control tokens and image blocks.
+TEXT_MARK_START, TEXT_MARK_END = "\ue000", "\ue001"
+_MARKED = re.compile(f"{TEXT_MARK_START}(.*?){TEXT_MARK_END}", re.DOTALL)
+
+
+def chat_control_tokens(tokenizer, placeholder: bool = True) -> list[str]:
+    """The strings that are markup, not text: the tokenizer's added tokens (whitespace ones excepted) and, unless
+    `placeholder` is False, `<image>`; longest first, so the longest match wins."""
+    tokens = {token for token in getattr(tokenizer, "added_tokens_encoder", {}) if token.strip()}
+    if placeholder:
+        tokens.add(IMAGE_PLACEHOLDER)
+    return sorted(tokens, key=len, reverse=True)
+
+
+def mark_user_text(messages: list[dict], tokens: list[str]) -> list[dict]:
+    """Copies of chat messages whose texts (string contents and `{"type": "text"}` items) have every control token
+    wrapped in the text marks; marks already in the text are dropped, so they cannot forge a marked token."""
+    if not tokens:
+        return messages
+    pattern = re.compile("|".join(re.escape(token) for token in tokens))
+
+    def mark(text):
+        if not isinstance(text, str):
+            return text
+        text = text.replace(TEXT_MARK_START, "").replace(TEXT_MARK_END, "")
+        return pattern.sub(lambda match: TEXT_MARK_START + match.group() + TEXT_MARK_END, text)
+
+    marked = []
+    for message in messages:
+        if not isinstance(message, dict):  # a message object: left to transformers' own handling
+            marked.append(message)
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            content = mark(content)
+        elif isinstance(content, list):
+            content = [
+                {**item, "text": mark(item["text"])}
+                if isinstance(item, dict) and item.get("type") == "text" and "text" in item
+                else item
+                for item in content
+            ]
+        marked.append({**message, "content": content})
+    return marked
+
+
+def without_marked_text(text: str) -> str:
+    """`text` less its marked (user-typed) control tokens: what counts as markup."""
+    return _MARKED.sub("", text)
+
+
+def encode_marked_texts(tokenizer, texts: list[str], add_special_tokens: bool = True) -> list[tuple[list, list]]:
+    """(ids, character offsets in the text) per text: marked control tokens are encoded as plain text
+    (`split_special_tokens`), everything else as the tokenizer always does. A text without marks is encoded whole,
+    so its ids are exactly the tokenizer's."""
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    rows = []
+    for text in texts:
+        ids, offsets, position = [], [], 0
+        for index, piece in enumerate(_MARKED.split(text)):
+            plain = index % 2 == 1
+            if piece:
+                if position == 0:
+                    encoded = tokenizer(
+                        piece,
+                        add_special_tokens=add_special_tokens,
+                        split_special_tokens=plain,
+                        return_offsets_mapping=True,
+                    )
+                    shift, skip = position + plain, 0
+                else:
+                    # Encoded after a newline, then the newline dropped: SentencePiece would otherwise read the piece
+                    # as the start of a text and add its prefix space (as transformers' `encode_marked_chat` does).
+                    encoded = tokenizer(
+                        "\n" + piece,
+                        add_special_tokens=False,
+                        split_special_tokens=plain,
+                        return_offsets_mapping=True,
+                    )
+                    shift, skip = position + plain - 1, len(newline)
+                    if encoded["input_ids"][:skip] != newline:
+                        raise ValueError(f"Cannot encode {piece!r} after a newline without changing its tokens")
+                if plain and tokenizer.convert_tokens_to_ids(piece) in encoded["input_ids"]:
+                    raise ValueError(
+                        f"Cannot keep {piece!r} typed in a chat message as text: this tokenizer's vocabulary encodes "
+                        "it as that token even as plain text"
+                    )
+                ids += encoded["input_ids"][skip:]
+                offsets += [(a + shift, b + shift) if b > a else (a, b) for a, b in encoded["offset_mapping"][skip:]]
+            # A marked piece stands in the text with its two marks.
+            position += len(piece) + (2 if plain else 0)
+        rows.append((ids, offsets))
+    return rows
+
+
+def tokenize_texts(tokenizer, texts: list[str], **kwargs):
+    """`tokenizer(texts, **kwargs)`, except that texts holding marked (user-typed) control tokens are encoded by
+    `encode_marked_texts`, then padded by the tokenizer (`padding`, `padding_side`, `return_attention_mask`,
+    `add_special_tokens`, `return_offsets_mapping` and `return_tensors` apply)."""
+    if not any(TEXT_MARK_START in text for text in texts):
+        return tokenizer(texts, **kwargs)
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}  # e.g. transformers' videos=None
+    supported = {
+        "add_special_tokens",
+        "padding",
+        "padding_side",
+        "return_attention_mask",
+        "return_offsets_mapping",
+        "return_tensors",
+    }
+    if set(kwargs) - supported:
+        raise ValueError(
+            f"{sorted(set(kwargs) - supported)} are not supported for chat messages holding control tokens as text"
+        )
+    rows = encode_marked_texts(tokenizer, texts, add_special_tokens=kwargs.get("add_special_tokens", True))
+    padded = tokenizer.pad(
+        {"input_ids": [ids for ids, _ in rows]},
+        padding=kwargs.get("padding", False),
+        padding_side=kwargs.get("padding_side"),
+        return_attention_mask=kwargs.get("return_attention_mask", True),
+    )
+    if kwargs.get("return_offsets_mapping"):
+        width = max(len(ids) for ids in padded["input_ids"])
+        left = kwargs.get("padding_side", tokenizer.padding_side) == "left"
+        padded["offset_mapping"] = [
+            [(0, 0)] * (width - len(offsets)) + offsets if left else offsets + [(0, 0)] * (width - len(offsets))
+            for _, offsets in rows
+        ]
+    if kwargs.get("return_tensors"):
+        padded = BatchFeature(dict(padded), tensor_type=kwargs["return_tensors"])
+    return padded
+
+
 def image_token_block(num_tiles: int, tokens_per_tile: int) -> str:
     return IMAGE_START + IMAGE_CONTEXT * (tokens_per_tile * num_tiles) + IMAGE_END
 
 
 def expand_image_placeholders(text: str, num_tiles: list[int], tokens_per_tile: int) -> str:
     """Replace the `<image>` placeholders of `text`, in order, by each image's token block."""
-    found = text.count(IMAGE_PLACEHOLDER)
+    found = without_marked_text(text).count(IMAGE_PLACEHOLDER)
     if found != len(num_tiles):
         raise ValueError(
             f"The text has {found} {IMAGE_PLACEHOLDER} placeholders but {len(num_tiles)} images were given"
         )
     tiles = iter(num_tiles)
-    return re.sub(re.escape(IMAGE_PLACEHOLDER), lambda _: image_token_block(next(tiles), tokens_per_tile), text)
+    # A marked `<image>` is text a user typed: it stays as it is.
+    pattern = f"{_MARKED.pattern}|{re.escape(IMAGE_PLACEHOLDER)}"
+    return re.sub(
+        pattern,
+        lambda match: match.group() if match.group(1) is not None else image_token_block(next(tiles), tokens_per_tile),
+        text,
+        flags=re.DOTALL,
+    )
+
+
+# The most tiles one image may become. The release's LLM reads 32,768 positions and every tile (and the thumbnail
+# on top) takes 256 of them, so 127 tiles + thumbnail already fill the whole context: a larger grid could never be
+# read, and tiling it would only cost time and memory (one request could stall a server).
+MAX_TILES_LIMIT = 32768 // 256 - 1
 
 
 def check_max_tiles(max_tiles) -> None:
+    """Refuse a tile budget that is not a whole number in 1..`MAX_TILES_LIMIT`."""
     if isinstance(max_tiles, bool) or not isinstance(max_tiles, int) or max_tiles < 1:
         raise ValueError(f"max_tiles (max_patches) must be a whole number of at least 1, got {max_tiles!r}")
+    if max_tiles > MAX_TILES_LIMIT:
+        raise ValueError(
+            f"max_tiles (max_patches) is {max_tiles}, above the limit of {MAX_TILES_LIMIT} (the image tokens of more "
+            "tiles would not fit the LLM's 32768-token context)"
+        )
+
+
+def _grids_in_set_order(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
+    """InternVL's candidate grids in the iteration order of the set it builds (`set((i, j) for n in range(min, max
+    + 1) for i in range(1, n + 1) for j in range(1, n + 1) if min <= i * j <= max)`): a set's order depends only on
+    the distinct elements and the order they were first added, so the same elements are added in that order, each
+    once (O(n log n) grids instead of the comprehension's O(n^3) steps)."""
+
+    def first_added():
+        for i in range(1, min_tiles + 1):  # n == min_tiles: every (i, j) with both sides <= n
+            for j in range(max(1, -(-min_tiles // i)), min(min_tiles, max_tiles // i) + 1):
+                yield i, j
+        for n in range(min_tiles + 1, max_tiles + 1):  # later n add the grids whose longer side is n
+            for i in range(1, min(n - 1, max_tiles // n) + 1):
+                if i * n >= min_tiles:
+                    yield i, n
+            for j in range(max(1, -(-min_tiles // n)), min(n, max_tiles // n) + 1):
+                yield n, j
+
+    return list(set(first_added()))
+
+
+def closest_grid(width: int, height: int, min_tiles: int, max_tiles: int, tile_size: int) -> tuple[int, int]:
+    """(columns, rows) of InternVL's `find_closest_aspect_ratio` for a `width` x `height` image, the same grid in
+    every case, in O(max_tiles) steps instead of a scan of all O(max_tiles log max_tiles) grids.
+
+    InternVL sorts the grids with min_tiles <= columns * rows <= max_tiles by area and keeps the first with the
+    smallest |width/height - columns/rows|; a later grid with the same difference replaces it while the image's
+    area exceeds half the grid's pixel area. So only the grids with the smallest difference matter: for each row
+    count the best column counts lie next to aspect * rows, which gives the smallest difference and its grids;
+    the replacement rule then runs over those few grids in InternVL's order (area, then its set's order)."""
+    aspect = width / height
+    per_rows = []  # (rows, lowest columns, highest columns) of the grids that exist
+    best = float("inf")
+    for rows in range(1, max_tiles + 1):
+        low, high = max(1, -(-min_tiles // rows)), max_tiles // rows
+        if low > high:
+            continue
+        per_rows.append((rows, low, high))
+        near = min(max(int(aspect * rows), low), high)
+        for cols in (near - 1, near, near + 1):
+            if low <= cols <= high:
+                best = min(best, abs(aspect - cols / rows))
+    ties = []
+    for rows, low, high in per_rows:
+        near = min(max(int(aspect * rows), low), high)
+        # The difference falls then rises along the columns: the best ones are next to `near`, and a run of equal
+        # ones can only go on outwards from there.
+        for cols in range(max(low, near - 1), min(high, near + 1) + 1):
+            if abs(aspect - cols / rows) == best:
+                ties.append((cols, rows))
+        for cols, step in ((near - 2, -1), (near + 2, 1)):
+            while low <= cols <= high and abs(aspect - cols / rows) == best:
+                ties.append((cols, rows))
+                cols += step
+    ties = sorted(set(ties), key=lambda grid: grid[0] * grid[1])
+    areas = [cols * rows for cols, rows in ties]
+    if len(set(areas)) != len(areas):  # two equally close grids of one area: InternVL's set order decides
+        order = {grid: index for index, grid in enumerate(_grids_in_set_order(min_tiles, max_tiles))}
+        ties.sort(key=lambda grid: (grid[0] * grid[1], order[grid]))
+    chosen = ties[0]
+    for cols, rows in ties[1:]:
+        if width * height > 0.5 * tile_size * tile_size * cols * rows:
+            chosen = (cols, rows)
+    return chosen
 
 
 def bos_already_in(tokenizer, texts: list[str]) -> bool:
@@ -102,11 +336,34 @@ def decode_reply(tokenizer, new_token_ids) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
+def exact_decoder(tokenizer):
+    """The fast tokenizer's decoder without the release's clean-up steps (the `Replace` steps that only delete
+    spaces: `" ,"` -> `","`, `" 's"` -> `"'s"`; the conversion writes them into the decoder), so that decoding gives
+    the very text the ids stand for; None for a tokenizer without such a decoder (its `batch_decode` then takes
+    `clean_up_tokenization_spaces=False`)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    if decoder is None:
+        return None
+    state = json.loads(decoder.__getstate__())
+    if state.get("type") != "Sequence":
+        return decoder
+
+    def is_clean_up(step: dict) -> bool:
+        pattern = (step.get("pattern") or {}).get("String") or ""
+        return step.get("type") == "Replace" and " " in pattern and pattern.replace(" ", "") == step.get("content")
+
+    state["decoders"] = [step for step in state["decoders"] if not is_clean_up(step)]
+    exact = type(decoder)([])  # tokenizers' `decoders.Sequence`, reached without importing tokenizers here
+    exact.__setstate__(json.dumps(state).encode())
+    return exact
+
+
 def refuse_typed_image_tokens(text: str) -> None:
     """Image tokens come only from images: a `<IMG_CONTEXT>`, `<img>` or `</img>` typed in the text would be read as
     an image slot (and break the count of image features), so it is refused; write `<image>` where an image goes."""
     for token in (IMAGE_CONTEXT, IMAGE_START, IMAGE_END):
-        if token in text:
+        if token in without_marked_text(text):
             raise ValueError(
                 f"The text contains {token!r}, which only the processor writes (for each image); put {IMAGE_PLACEHOLDER} "
                 "where an image goes"
@@ -115,7 +372,7 @@ def refuse_typed_image_tokens(text: str) -> None:
 
 def add_missing_placeholders(text: str, num_images: int) -> str:
     """The original chat() convention for a question with images but no `<image>`."""
-    if num_images == 0 or IMAGE_PLACEHOLDER in text:
+    if num_images == 0 or IMAGE_PLACEHOLDER in without_marked_text(text):
         return text
     if num_images == 1:
         return f"{IMAGE_PLACEHOLDER}\n{text}"
@@ -123,8 +380,9 @@ def add_missing_placeholders(text: str, num_images: int) -> str:
 
 
 def image_from_array(array: np.ndarray) -> Image.Image:
-    """A PIL image from an (H, W), (H, W, C) or (C, H, W) array with 1, 3 or 4 channels: uint8 as is, floats in
-    [0, 1] scaled to 0..255 (other floats clipped to 0..255), booleans as black and white."""
+    """A PIL image from an (H, W), (H, W, C) or (C, H, W) array with 1, 3 or 4 channels: uint8 as is, uint16 scaled
+    from its full range (/257, as 16-bit PIL images are), other integers when they lie in 0..255, floats in [0, 1]
+    scaled to 0..255 (other floats clipped to 0..255), booleans as black and white."""
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = array.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -144,8 +402,21 @@ def image_from_array(array: np.ndarray) -> Image.Image:
     elif array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.integer):
             raise ValueError(f"Unsupported image array dtype {array.dtype}: use uint8, floats in [0, 1] or booleans")
-        array = np.clip(array, 0, 255).astype(np.uint8)
+        if array.dtype == np.uint16:
+            array = sixteen_to_eight_bits(array)
+        elif array.min() < 0 or array.max() > 255:
+            # No range to scale by (int32 is also what PIL's 32-bit mode gives): clipping would turn it white.
+            raise ValueError(
+                f"The {array.dtype} image array holds values from {array.min()} to {array.max()}, outside 0..255: "
+                "pass uint8, uint16 (scaled from 0..65535) or floats in [0, 1]"
+            )
+        array = array.astype(np.uint8)
     return Image.fromarray(array)
+
+
+def sixteen_to_eight_bits(array: np.ndarray) -> np.ndarray:
+    """16-bit samples (0..65535) as 8-bit ones (0..255), /257 rounded: 257 * k becomes k exactly."""
+    return (array.astype(np.uint32) * 255 + 32767) // 65535
 
 
 def open_image(image: Any) -> Image.Image:
@@ -170,14 +441,34 @@ def open_image(image: Any) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise ValueError(f"Unsupported image input of type {type(image).__name__}: pass a PIL image, array or path")
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16/32-bit grey: scale to 8 bits, as PIL's convert("RGB") would clip them to white.
+    if image.mode in ("I;16", "I;16B", "I;16L"):
+        # 16-bit grey: scaled from its full range, as a uint16 array is (PIL's convert("RGB") would clip to white).
+        image = Image.fromarray(sixteen_to_eight_bits(np.asarray(image)).astype(np.uint8))
+    elif image.mode in ("I", "F"):
+        # 32-bit grey has no fixed range: scaled by its peak, as PIL's convert("RGB") would clip it to white.
         array = np.asarray(image, dtype=np.float64)
         peak = array.max() if array.size and array.max() > 0 else 1.0
         image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).round().astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
+
+
+def _spans_after_expansion(prompt: str, expanded: str, spans) -> list[tuple[int, int]]:
+    """Character spans of `prompt` moved to where they lie in `expanded`, the same text after `expand_texts`: each
+    `<image>` replaced by its token block (a position moves by what the blocks before it add), or, for a text with
+    images but no placeholder, the placeholder lines prepended (every position moves by their length)."""
+    pattern = f"{_MARKED.pattern}|{re.escape(IMAGE_PLACEHOLDER)}"  # a marked `<image>` is text: not expanded
+    placeholders = [m.start() for m in re.finditer(pattern, prompt, flags=re.DOTALL) if m.group(1) is None]
+    if not placeholders:
+        return [(start + len(expanded) - len(prompt), end + len(expanded) - len(prompt)) for start, end in spans]
+    block = re.escape(IMAGE_START) + "(?:" + re.escape(IMAGE_CONTEXT) + ")*" + re.escape(IMAGE_END)
+    gained = [len(match.group()) - len(IMAGE_PLACEHOLDER) for match in re.finditer(block, expanded)]
+
+    def moved(char: int) -> int:
+        return char + sum(extra for place, extra in zip(placeholders, gained, strict=True) if place < char)
+
+    return [(moved(start), moved(end)) for start, end in spans]
 
 
 class HoVLEProcessor(ProcessorMixin):
@@ -215,7 +506,7 @@ class HoVLEProcessor(ProcessorMixin):
         if len(texts) == 1:
             return [list(images)]
         # A flat list for several texts: hand them out by placeholder count.
-        counts = [t.count(IMAGE_PLACEHOLDER) for t in texts]
+        counts = [without_marked_text(t).count(IMAGE_PLACEHOLDER) for t in texts]
         if sum(counts) != len(images):
             raise ValueError(
                 f"The texts have {sum(counts)} {IMAGE_PLACEHOLDER} placeholders but {len(images)} images were given"
@@ -250,10 +541,75 @@ class HoVLEProcessor(ProcessorMixin):
         kwargs.setdefault("padding", len(expanded) > 1)
         kwargs.setdefault("padding_side", "left")
         kwargs.setdefault("return_attention_mask", True)
-        data = dict(self.tokenizer(expanded, **kwargs))
+        data = dict(self._tokenize(expanded, **kwargs))
         if pixel_values is not None:
             data["pixel_values"] = pixel_values
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _tokenize(self, texts: list[str], **kwargs):
+        return tokenize_texts(self.tokenizer, texts, **kwargs)
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        """transformers' `apply_chat_template`, with the text of the messages kept as text: control tokens and
+        `<image>` typed in a message are marked (see `mark_user_text`), so they are tokenized as plain text here and
+        in `__call__` of the rendered prompt; the template's markup and image items are not marked."""
+        tokens = chat_control_tokens(self.tokenizer)
+        if conversation and isinstance(conversation[0], (list, tuple)):
+            conversation = [mark_user_text(list(chat), tokens) for chat in conversation]
+        elif conversation and isinstance(conversation[0], dict):
+            conversation = mark_user_text(list(conversation), tokens)
+        return super().apply_chat_template(conversation, *args, **kwargs)
+
+    def encode_chats_with_reply_mask(
+        self,
+        conversations: list[list[dict]],
+        images: list[list] | None = None,
+        max_tiles: int | None = None,
+        typed_placeholders: bool = False,
+    ) -> BatchFeature:
+        """Chats (with their images, in placeholder order) -> `input_ids`, `attention_mask` (left padded),
+        `assistant_masks` and `pixel_values`: what training needs. The reply spans are the chat template's
+        `{% generation %}` blocks (transformers' `return_assistant_tokens_mask`), so exactly the assistant messages and
+        their closing `<|im_end|>` are marked, whatever the user text contains (quoted chat markup included).
+        Control tokens typed in the messages are text; `<image>` typed there is a placeholder only with
+        `typed_placeholders` (the training data format, which `hovle train`'s data check counts that way)."""
+        tokens = chat_control_tokens(self.tokenizer, placeholder=not typed_placeholders)
+        conversations = [mark_user_text(list(chat), tokens) for chat in conversations]
+        prompts, generation_spans = render_jinja_template(
+            conversations=conversations,
+            chat_template=self.chat_template,
+            return_assistant_tokens_mask=True,
+            **self.tokenizer.special_tokens_map,
+        )
+        per_text = images if images is not None else [[] for _ in prompts]
+        expanded, pixel_values = self.expand_texts(prompts, per_text, max_tiles=max_tiles)
+        encoded = self._tokenize(
+            expanded,
+            padding=True,
+            padding_side="left",
+            return_offsets_mapping=True,
+            add_special_tokens=not bos_already_in(self.tokenizer, expanded),
+        )
+        masks = []
+        for row, (prompt, text) in enumerate(zip(prompts, expanded, strict=True)):
+            spans = _spans_after_expansion(prompt, text, generation_spans[row])
+            # BOS and padding have empty (0, 0) offsets; a token is marked when it starts inside a reply.
+            masks.append(
+                [
+                    int(bool(real) and any(a <= start < b for a, b in spans) and end > start)
+                    for (start, end), real in zip(
+                        encoded["offset_mapping"][row], encoded["attention_mask"][row], strict=True
+                    )
+                ]
+            )
+        data = {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "assistant_masks": masks,
+        }
+        if pixel_values is not None:
+            data["pixel_values"] = pixel_values
+        return BatchFeature(data=data, tensor_type="pt")
 
     def expand_texts(self, text, images=None, max_tiles: int | None = None, **image_kwargs):
         """Tile the images and expand the placeholders: (expanded texts, pixel values of all tiles or None)."""
@@ -274,17 +630,70 @@ class HoVLEProcessor(ProcessorMixin):
     def tile_image(self, image, max_tiles: int | None = None, **image_kwargs) -> np.ndarray:
         """One image (anything `open_image` takes) -> its normalised tiles, (tiles, 3, H, W) float32, the thumbnail
         last; each tile becomes `tokens_per_tile` image tokens."""
-        if max_tiles is not None:
-            check_max_tiles(max_tiles)
-            image_kwargs["max_patches"] = max_tiles  # the image processor's name for it
-        processed = self.image_processor(images=open_image(image), return_tensors="np", **image_kwargs)
+        image = open_image(image)
+        grid = self.grid(image.width, image.height, max_tiles, **image_kwargs)
+        image_kwargs = {key: value for key, value in image_kwargs.items() if key not in ("min_patches", "max_patches")}
+        image_kwargs["crop_to_patches"] = False  # the grid is chosen here (`closest_grid`), not by the image processor
+        if grid != (1, 1):
+            # InternVL's cut: the image resized to the grid, tiles row by row, then a thumbnail of the whole image.
+            size, resample = self.image_processor.size, self.image_processor.resample
+            cols, rows = grid
+            resized = image.resize((size["width"] * cols, size["height"] * rows), resample)
+            image = [
+                resized.crop((c * size["width"], r * size["height"], (c + 1) * size["width"], (r + 1) * size["height"]))
+                for r in range(rows)
+                for c in range(cols)
+            ] + [image.resize((size["width"], size["height"]), resample)]
+        processed = self.image_processor(images=image, return_tensors="np", **image_kwargs)
         return processed["pixel_values"].astype(np.float32)
 
+    def grid(self, width: int, height: int, max_tiles: int | None = None, **image_kwargs) -> tuple[int, int]:
+        """(columns, rows) of the tiles an image of this size becomes: (1, 1) is one tile and no thumbnail, any other
+        grid gets the thumbnail on top. `min_patches`, `max_patches` and `crop_to_patches` override the image
+        processor's settings, as they do for transformers' image processor."""
+        if max_tiles is None:
+            max_tiles = image_kwargs.get("max_patches", self.image_processor.max_patches)
+        check_max_tiles(max_tiles)
+        min_tiles = image_kwargs.get("min_patches", self.image_processor.min_patches)
+        if not image_kwargs.get("crop_to_patches", self.image_processor.crop_to_patches) or max_tiles <= 1:
+            return (1, 1)
+        return closest_grid(width, height, min_tiles, max_tiles, self.image_processor.size["height"])
+
+    def num_tiles(self, width: int, height: int, max_tiles: int | None = None, **image_kwargs) -> int:
+        """How many tiles (the thumbnail included) `tile_image` makes of an image of this size."""
+        cols, rows = self.grid(width, height, max_tiles, **image_kwargs)
+        return 1 if (cols, rows) == (1, 1) else cols * rows + 1
+
     def post_process_image_text_to_text(
-        self, generated_outputs, skip_special_tokens: bool = True, **kwargs
-    ) -> list[str]:
-        """Decode generated ids (generation itself stops at `<|im_end|>`, the generation config's eos)."""
-        return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+        self, generated_outputs, skip_special_tokens: bool = True, clean_up_tokenization_spaces: bool = False, **kwargs
+    ) -> list[str] | str:
+        """Decode generated ids (generation itself stops at `<|im_end|>`, the generation config's eos): one text per
+        row, or one text for a single row of ids.
+
+        The text is the exact one the ids stand for, without the release's decoding clean-up (`" ,"` -> `","`), as
+        transformers' own multimodal processors decode here: `pipeline("image-text-to-text")` decodes the prompt and
+        the whole sequence with this method and cuts the reply off where the prompt's text ends, which needs the
+        prompt's text to be a prefix of the sequence's. The clean-up breaks that where a prompt (an assistant prefill)
+        ends in a space and the reply starts with `,`, `.`, `'m`, `n't`...: `"I am "` then `","` decodes to
+        `"I am,"`. `clean_up_tokenization_spaces=True` gives the release's clean-up (what `decode()` and the
+        original `chat()` return). Other keyword arguments go to the tokenizer's `batch_decode`."""
+        rows = generated_outputs.tolist() if hasattr(generated_outputs, "tolist") else list(generated_outputs)
+        single = bool(rows) and not isinstance(rows[0], (list, tuple))
+        rows = [rows] if single else rows
+        decoder = None if clean_up_tokenization_spaces or kwargs else exact_decoder(self.tokenizer)
+        if decoder is None:
+            texts = self.tokenizer.batch_decode(
+                rows,
+                skip_special_tokens=skip_special_tokens,
+                clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+                **kwargs,
+            )
+        else:
+            texts = [
+                decoder.decode(self.tokenizer.convert_ids_to_tokens(row, skip_special_tokens=skip_special_tokens))
+                for row in rows
+            ]
+        return texts[0] if single else texts
 
 
 __all__ = [

@@ -73,3 +73,60 @@ def test_help_answers_without_importing_torch(command):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(f"usage: hovle {' '.join(command)}".rstrip()) and "no torch" in result.stdout
+
+
+# -- hovle chat: what is wrong is said first, in one line --------------------------------------------------------------
+def refuse_to_load(*args, **kwargs):
+    raise AssertionError("the model was loaded (or built) before the images were checked")
+
+
+@pytest.mark.parametrize("with_model", [True, False])
+def test_chat_checks_images_before_loading_the_model(tmp_path, monkeypatch, capsys, converted_fixture, with_model):
+    import hovle.cli
+    import hovle.loading
+
+    monkeypatch.setattr(hovle.loading, "load_model_and_processor", refuse_to_load)
+    monkeypatch.setattr(hovle.cli, "build_default_model", refuse_to_load)
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    model = ["--model", str(converted_fixture)] if with_model else []
+    assert main(["chat", *model, "--image", str(bad), "What is this?"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "bad.png is not an image" in err, err
+
+
+def test_chat_on_a_folder_without_tokenizer_names_the_cause_and_the_fix(converted_fixture, capsys):
+    assert main(["chat", "--model", str(converted_fixture), "Hello?"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[hovle]")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {converted_fixture} has no tokenizer/processor"), lines
+    assert "hovle convert --tokenizer DIR" in lines[0] and "preprocessor_config.json" not in lines[0]
+
+
+def test_chat_on_a_folder_whose_weights_do_not_match_its_config(tiny_hub_folder, tmp_path, capsys):
+    import json
+    import shutil
+
+    folder = tmp_path / "edited"
+    shutil.copytree(tiny_hub_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["num_hidden_layers"] += 1
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["chat", "--model", str(folder), "Hello?"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    layer = config["text_config"]["num_hidden_layers"] - 1
+    assert last.startswith(f"error: {folder}: the weights do not match its config.json"), last
+    assert f"missing from the weights: model.language_model.layers.{layer} (" in last, last
+
+
+@pytest.mark.parametrize(
+    "command, subject",
+    [("convert", "Convert the original HoVLE release"), ("export", "back in the original release layout")],
+)
+def test_convert_and_export_help_describe_the_command(command, subject, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    description = out.split("\n\n")[1]  # argparse: usage, a blank line, the description, a blank line, options
+    assert not description.startswith("options:") and subject in " ".join(description.split()), out

@@ -499,6 +499,11 @@ BAD_FIELDS = {
         (None, "max_dynamic_patch", "6"),
         'config.json: max_dynamic_patch must be a whole number of at least 1, got "6"',
     ),
+    "max_dynamic_patch above the processor's limit": (
+        (None, "max_dynamic_patch", 1000000),
+        "config.json: max_dynamic_patch: max_tiles (max_patches) is 1000000, above the limit of 127 (the image tokens "
+        "of more tiles would not fit the LLM's 32768-token context)",
+    ),
     "another chat template": (
         (None, "template", "vicuna_v1"),
         'config.json: template must be "internlm2-chat" (the chat template of the processor), got "vicuna_v1"',

@@ -227,7 +227,7 @@ def test_too_little_free_space_is_refused_up_front(tmp_path, source, monkeypatch
     output = tmp_path / "out"
     assert main(["convert", "--input", str(source), "--output", str(output), "--dtype", "float32"]) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert "Not enough free space" in line and "500 bytes free" in line
+    assert "not enough free space" in line and "500 bytes free" in line
     # The figure is at least the weights to write, as the source stores them in float32.
     needed = line.split("needs about ")[1].split(",")[0]
     weights = sum(f.stat().st_size for f in source.glob("*.safetensors"))

@@ -174,7 +174,9 @@ def test_bad_files_raise_clear_errors(processor, tmp_path, monkeypatch):
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "CMYK", "I;16", "L", "1"])
 def test_image_modes_become_rgb(processor, mode, tmp_path):
     base = Image.fromarray(np.random.default_rng(1).integers(0, 256, (100, 120, 3), np.uint8))
-    image = base.convert("I;16") if mode == "I;16" else base.convert(mode)
+    # A real 16-bit picture spans 0..65535 (257 x its 8-bit values).
+    sixteen = Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257)
+    image = sixteen if mode == "I;16" else base.convert(mode)
     path = save(image, tmp_path / f"image.{'tif' if mode in ('CMYK', 'I;16') else 'png'}")
     for item in (image, path):
         out = processor(images=item, text="<image>", return_tensors="np")

@@ -148,6 +148,27 @@ def test_non_empty_output_needs_overwrite(fake_model, data_dir, no_model_load, t
     assert snapshot(output) == {output.relative_to(output) / "model.safetensors": b"an earlier run"}
 
 
+@pytest.mark.parametrize("config", [None, '{"model_type": "llama"}'], ids=["no-config", "not-hovle"])
+def test_overwrite_never_replaces_a_folder_this_package_did_not_write(
+    fake_model, data_dir, no_model_load, tmp_path, capsys, config
+):
+    """`--overwrite` replaces an earlier run's output, never a folder of other files (refused before loading)."""
+    data = write_lines(data_dir, [GOOD_CHAT])
+    output = tmp_path / "thesis"
+    output.mkdir()
+    (output / "chapter1.tex").write_text("months of work")
+    if config is not None:
+        (output / "config.json").write_text(config)
+    before = snapshot(output)
+    line = refused(train_argv(fake_model, data, output, "--overwrite"), capsys)
+    assert line == (
+        f"error: Output folder {output} is not empty and is not a folder this package wrote (no config.json of "
+        "ours): --overwrite replaces only such folders, to keep other files safe; empty it or choose another output "
+        "folder"
+    )
+    assert snapshot(output) == before
+
+
 def test_output_that_is_a_file_is_refused(fake_model, data_dir, no_model_load, tmp_path, capsys):
     data = write_lines(data_dir, [GOOD_CHAT])
     output = tmp_path / "out.txt"
@@ -161,6 +182,7 @@ def test_overwrite_replaces_a_non_empty_output(tiny_hub_folder, tmp_path, capsys
     data = write_chat_data(tmp_path / "data", count=2)
     output = tmp_path / "earlier-run"
     output.mkdir()
+    (output / "config.json").write_text('{"model_type": "hovle"}')  # an earlier run's output: ours to replace
     (output / "adapter_config.json").write_text("{}")  # would make the folder load as a PEFT adapter
     code = main([str(a) for a in train_argv(tiny_hub_folder, data, output, "--overwrite", "--max-steps", "1", "--cpu")])
     assert code == 0, capsys.readouterr().err

@@ -11,6 +11,7 @@ from typing import Any
 from transformers import LlamaConfig
 
 from ..configuration_hovle import HoVLEConfig, HoVLEEmbeddingConfig
+from ..processing_hovle import check_max_tiles
 from .checkpoint_io import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,10 @@ def _check_numbers(original: dict[str, Any], values: dict[str, Any]) -> None:
     low, high = values["min_dynamic_patch"], values["max_dynamic_patch"]
     if low > high:
         raise CheckpointError(f"config.json: min_dynamic_patch {low} is greater than max_dynamic_patch {high}")
+    try:  # the processor owns the tile budget's bound; a converted folder must not carry one it refuses
+        check_max_tiles(high)
+    except ValueError as error:
+        raise CheckpointError(f"config.json: max_dynamic_patch: {error}") from None
 
 
 def _rope_parameters(theta: float, scaling: dict[str, Any] | None) -> dict[str, Any]:

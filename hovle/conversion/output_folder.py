@@ -247,14 +247,20 @@ def _is_nonempty_folder(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def _check_space(parent: Path, destination: Path, needed_bytes: int | None) -> None:
+def check_free_space(destination: str | os.PathLike, needed_bytes: int | None, what: str = "") -> None:
+    """Refuse, before anything is written, when the file system that will hold `destination` (its nearest existing
+    folder) has fewer than `needed_bytes` free: a disk that fills mid-write costs the run its work. `what` names the
+    output in the message (e.g. "--output x: the trained model"); None bytes: nothing to check."""
     if needed_bytes is None:
         return
-    free = shutil.disk_usage(parent).free
+    existing = Path(destination).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if free < needed_bytes:
         error = OutputSpaceError(
-            f"Not enough free space for {destination}: it needs about {human_size(needed_bytes)}, {parent} has "
-            f"{human_size(free)} free; free some space or choose another output folder"
+            f"{what or destination}: not enough free space: it needs about {human_size(needed_bytes)}, {existing} "
+            f"has {human_size(free)} free; free some space or choose another output folder"
         )
         error.errno = errno.ENOSPC
         raise error
@@ -314,7 +320,7 @@ def atomic_output_folder(
         raise CheckpointError(f"Cannot create the output's parent folder {parent}: {error.strerror}") from error
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CheckpointError(f"Cannot write in {parent} (permission denied): choose another output folder")
-    _check_space(parent, destination, needed_bytes)
+    check_free_space(destination, needed_bytes)
     stem = _stem(parent, destination.name)
     signals = _Signals()
     with _lock(parent, stem, destination), signals.installed():

@@ -27,7 +27,6 @@ the unused piece 354, splits `[UNUSED_TOKEN_146]` into pieces and skips the clea
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import import_protobuf
 from transformers.tokenization_utils_base import generate_merges
 
+from ..processing_hovle import exact_decoder
 from .checkpoint_io import CheckpointError, read_json_object
 from .config_map import check_setting
 
@@ -63,17 +63,13 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "added_tokens.jso
 def exact_decoding_backend(tokenizer: PreTrainedTokenizerFast) -> Tokenizer:
     """A copy of a converted tokenizer's backend whose decoder leaves out the release's clean-up (" ." -> "."):
     its `decode` gives back the very text that encodes to the ids (`encode(decode(ids)) == ids`), which a consumer
-    needs when it edits a tokenized prompt as text and encodes it again (vLLM's placeholder replacement does)."""
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    decoder = state.get("decoder") or {}
-    if decoder.get("type") == "Sequence":
-        clean_up = {(old, new) for old, new in CLEAN_UP_REPLACEMENTS}
-        decoder["decoders"] = [
-            step
-            for step in decoder["decoders"]
-            if not (step.get("type") == "Replace" and (step["pattern"].get("String"), step["content"]) in clean_up)
-        ]
-    return Tokenizer.from_str(json.dumps(state))
+    needs when it edits a tokenized prompt as text and encodes it again (vLLM's placeholder replacement does). Which
+    decoder steps are the clean-up is the processor's rule (`exact_decoder`), not repeated here."""
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    exact = exact_decoder(tokenizer)
+    if exact is not None:
+        backend.decoder = exact
+    return backend
 
 
 @dataclass(frozen=True)

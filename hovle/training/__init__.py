@@ -5,13 +5,39 @@ and DeepSpeed ship as package data (`accelerate_config`)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 ACCELERATE_CONFIGS = ("ddp", "fsdp", "deepspeed_zero3")
 
 
-def accelerate_config(name: str) -> Path:
-    """The path of a shipped `accelerate launch --config_file` YAML: one of `ACCELERATE_CONFIGS`."""
+def device_count() -> int:
+    """The accelerators torch sees (CUDA, or another such as XPU/MPS), at least 1 (one CPU process)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return max(torch.cuda.device_count(), 1)
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None and accelerator.is_available():
+        return max(accelerator.device_count(), 1)
+    return 1
+
+
+def accelerate_config(name: str, num_processes: int | None = None) -> Path:
+    """The path of an `accelerate launch --config_file` YAML: one of `ACCELERATE_CONFIGS`, with `num_processes` set
+    to `num_processes`, by default this machine's device count (the shipped files leave it out: a fixed count
+    started 8 processes on a 2-core machine without a GPU). The filled copy is written to the temporary folder."""
     if name not in ACCELERATE_CONFIGS:
         raise ValueError(f"Unknown accelerate config {name!r}; choose one of {list(ACCELERATE_CONFIGS)}")
-    return Path(__file__).parent / "configs" / f"{name}.yaml"
+    count = device_count() if num_processes is None else num_processes
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"num_processes must be a whole number of at least 1, got {count!r}")
+    shipped = Path(__file__).parent / "configs" / f"{name}.yaml"
+    filled = Path(tempfile.gettempdir()) / f"hovle-accelerate-{name}-{count}p-{os.getuid()}.yaml"
+    text = shipped.read_text().rstrip("\n") + f"\nnum_processes: {count}\n"
+    if not filled.is_file() or filled.read_text() != text:
+        partial = filled.with_name(f".{filled.name}.{os.getpid()}")
+        partial.write_text(text)
+        partial.replace(filled)  # atomic: concurrent launches never read half a file
+    return filled

@@ -5,7 +5,8 @@ Every refusal is a `TrainingInputError` (a `ValueError`) with a one-line message
 
 * Output (`check_output`): never the model folder (nor a folder that contains it or lies inside it), nor one that
   holds the data file or the teacher, since the finished run replaces the output folder as a whole; a non-empty
-  output only with `--overwrite`; not a file or a symbolic link; somewhere writable.
+  output only with `--overwrite`, and only when it is a folder this package wrote (`output_folder`'s
+  `check_replaceable_output`, checked again before the swap); not a file or a symbolic link; somewhere writable.
 * Data (`check_data`): a JSON-lines file with at least one sample, read the way `JsonLinesDataset` reads it (UTF-8,
   one JSON object per line, blank lines skipped, image paths relative to the data file). Every line must hold what
   its stage needs; messages name the file and line (`train.jsonl:7: ...`):
@@ -15,6 +16,11 @@ Every refusal is a `TrainingInputError` (a `ValueError`) with a one-line message
     image item in a message's content is a placeholder; with no placeholder at all, the images are put in front of
     the text, as the processor does); every image file present;
   - stage 1: `"image"` (a path) or `"text_ids"` (a non-empty list of token ids), one of the two per line.
+  Every image is opened and decoded as the processor opens it (a text file named `.jpg` is named by its line).
+* Length (`check_lengths`, once the processor is loaded, before training): no sample longer than `--max-length`
+  tokens (default: the model's context), counted as the processor tokenizes it, image tokens included.
+* Free space: the output's file system holds the trained weights, before training starts and again before they
+  are written (`hovle.conversion.output_folder.check_free_space`, the rule convert and export use too).
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..processing_hovle import IMAGE_CONTEXT, IMAGE_END, IMAGE_PLACEHOLDER, IMAGE_START
+from ..conversion.output_folder import check_replaceable_output
+from ..conversion.to_transformers import is_converted_folder
+from ..processing_hovle import IMAGE_CONTEXT, IMAGE_END, IMAGE_PLACEHOLDER, IMAGE_START, open_image
 
 ROLES = ("user", "assistant", "system")
 IMAGE_ITEM_TYPES = ("image", "image_url")
@@ -80,6 +88,8 @@ def check_output(
             f"--output {output} exists and is not empty: pass --overwrite to replace its contents when training "
             "finishes, or choose another folder"
         )
+    if overwrite:  # only a folder this package wrote is ever replaced (the output-folder owner's rule)
+        check_replaceable_output(output, is_converted_folder)
     existing = target
     while not existing.exists():
         existing = existing.parent
@@ -121,6 +131,11 @@ def _check_image(where: str, data_file: Path, name: Any, field: str) -> None:
     resolved = resolve_image(data_file, name)
     if not resolved.is_file():
         raise TrainingInputError(f"{where}: image {name} not found ({resolved}; paths are relative to the data file)")
+    try:
+        # Opened and decoded as the processor will (its `open_image`): a bad file fails here, not hours into training.
+        open_image(resolved)
+    except ValueError as error:
+        raise TrainingInputError(f"{where}: {error}") from None
 
 
 def _message_texts(where: str, index: int, message: Any) -> tuple[list[str], int]:
@@ -230,3 +245,34 @@ def check_data(path: str | os.PathLike, stage: int) -> dict[str, int]:
     if not samples:
         raise TrainingInputError(f"--data {path} holds no samples (one JSON object per line is expected)")
     return {"samples": samples, "max_text_id": max_text_id}
+
+
+def sample_length(processor, row: dict, data_file: Path, max_tiles: int | None) -> int:
+    """Tokens of a checked stage-2/3 sample as the processor makes them (chat template, BOS, image tokens)."""
+    images = [str(resolve_image(data_file, name)) for name in row.get("images") or []]
+    # The collator's own encoding (typed `<image>` is the data format's placeholder), so the length is the trained one.
+    encoded = processor.encode_chats_with_reply_mask([row["messages"]], [images], max_tiles, typed_placeholders=True)
+    return encoded["input_ids"].shape[1]
+
+
+def check_lengths(
+    path: str | os.PathLike, stage: int, processor, max_length: int, max_tiles: int | None, flag: str
+) -> None:
+    """Refuse a sample of `path` (already through `check_data`) longer than `max_length` tokens, naming its line and
+    length; `flag` names the setting in the message. A sample's exact length tiles its images, so that runs only
+    when a bound (the text plus the most tiles every image could take) does not already fit."""
+    path = Path(path)
+    tiles = (max_tiles or processor.image_processor.max_patches) + 1  # the thumbnail comes on top of the tiles
+    per_image = tiles * processor.tokens_per_tile + 2  # <img> ... </img>
+    for number, row in json_lines(path):
+        if stage == 1:
+            length = len(row.get("text_ids") or [])  # an image line's length is fixed by the tiling
+        else:
+            text = processor.apply_chat_template(row["messages"], tokenize=False)
+            bound = len(processor.tokenizer(text)["input_ids"]) + len(row.get("images") or []) * per_image
+            length = bound if bound <= max_length else sample_length(processor, row, path, max_tiles)
+        if length > max_length:
+            raise TrainingInputError(
+                f"{path}:{number}: the sample is {length} tokens long, more than {flag} {max_length}; shorten or "
+                "split it, or raise the limit"
+            )

@@ -1,9 +1,10 @@
 """Chat-format samples -> padded model inputs with labels on the assistant replies only.
 
 A sample is `{"messages": [...chat messages...], "images": [PIL images or paths, in placeholder order]}`. The
-collator renders each chat with the processor's template, expands the image placeholders (any tile count per
-sample), tokenizes with left padding, and supervises exactly the tokens of each assistant reply and its closing
-`<|im_end|>`; everything else (system, user turns, image tokens, padding) is `-100`.
+collator has the processor render each chat with its template, expand the image placeholders (any tile count per
+sample) and tokenize with left padding, and supervises exactly the tokens the processor marks as assistant replies
+(the template's `{% generation %}` blocks: each reply and its closing `<|im_end|>`, never chat markup a user quoted);
+everything else (system, user turns, image tokens, padding) is `-100`.
 
 A sample with nothing to supervise (no assistant reply) raises a `ValueError` naming it (by its `_source`,
 `file:line`, when it came from `JsonLinesDataset`, else by its place in the batch), even when other samples of the
@@ -15,25 +16,9 @@ should point at rather than hide. `hovle train` refuses such lines before traini
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
-
-from ..processing_hovle import bos_already_in
-
-ASSISTANT_OPENING = "<|im_start|>assistant\n"
-END_OF_TURN = "<|im_end|>"
-
-
-def assistant_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of every assistant reply, its `<|im_end|>` included."""
-    spans = []
-    for match in re.finditer(re.escape(ASSISTANT_OPENING), text):
-        end = text.find(END_OF_TURN, match.end())
-        if end != -1:
-            spans.append((match.end(), end + len(END_OF_TURN)))
-    return spans
 
 
 class HoVLEChatCollator:
@@ -42,27 +27,15 @@ class HoVLEChatCollator:
         self.max_tiles = max_tiles
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        prompts = [self.processor.apply_chat_template(s["messages"], tokenize=False) for s in samples]
-        images = [list(s.get("images") or []) for s in samples]
-        expanded, pixel_values = self.processor.expand_texts(prompts, images, max_tiles=self.max_tiles)
-        tokenizer = self.processor.tokenizer
-        encoded = tokenizer(
-            expanded,
-            padding=True,
-            padding_side="left",
-            return_offsets_mapping=True,
-            return_tensors="pt",
-            # The rendered chat starts with the BOS the template writes: no second one.
-            add_special_tokens=not bos_already_in(tokenizer, expanded),
+        # The processor owns the reply spans: the chat template's `{% generation %}` blocks, never a text search.
+        encoded = self.processor.encode_chats_with_reply_mask(
+            [s["messages"] for s in samples],
+            [list(s.get("images") or []) for s in samples],
+            max_tiles=self.max_tiles,
+            typed_placeholders=True,  # the data format: `<image>` in a message is a placeholder (see checks.py)
         )
-        labels = torch.full_like(encoded["input_ids"], -100)
-        for row, text in enumerate(expanded):
-            spans = assistant_spans(text)
-            for position, (begin, _) in enumerate(encoded["offset_mapping"][row].tolist()):
-                real = bool(encoded["attention_mask"][row, position])
-                # BOS has an empty (0, 0) offset; only real tokens that start inside a reply are supervised.
-                if real and any(a <= begin < b for a, b in spans):
-                    labels[row, position] = encoded["input_ids"][row, position]
+        labels = torch.where(encoded["assistant_masks"].bool(), encoded["input_ids"], -100)
+        pixel_values = encoded.get("pixel_values")
         # The loss predicts token t from the tokens before it, so a label on the first position counts for nothing.
         unsupervised = [row for row in range(len(samples)) if not (labels[row, 1:] != -100).any()]
         if unsupervised:
@@ -73,5 +46,5 @@ class HoVLEChatCollator:
             )
         batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
         if pixel_values is not None:
-            batch["pixel_values"] = torch.from_numpy(pixel_values)
+            batch["pixel_values"] = pixel_values
         return batch

@@ -29,9 +29,13 @@ def lora_config(stack: str = "both", rank: int = 16, alpha: int = 32, dropout: f
 
 
 def merge_and_save(peft_model, output: str | Path, processor=None) -> Path:
-    """Fold the adapters into the base weights and save a folder that loads with `trust_remote_code=True`."""
+    """Fold the adapters into the base weights and save a folder that loads with `trust_remote_code=True` (the
+    remote code and `auto_map` as a converted folder has them, `copy_remote_code`)."""
+    from ..conversion.to_transformers import copy_remote_code
+
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(output)
     if processor is not None:
         processor.save_pretrained(output)
+    copy_remote_code(Path(output))
     return Path(output)

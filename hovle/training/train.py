@@ -12,8 +12,12 @@ Data (JSON lines):
 
 Before a model is loaded, the arguments and every line of the data file are checked (`checks`: an output that is,
 contains or lies inside the model folder, a non-empty output without `--overwrite`, a missing or malformed data line,
-a missing image, a chat without an assistant reply, ...); a refusal is one line and nothing is written. The trained
-model replaces the output folder when training finishes (`--overwrite` allows replacing a non-empty one).
+a missing or unreadable image, a chat without an assistant reply, `--teacher` outside stage 1, ...); once the
+processor is loaded, samples longer than `--max-length` (default: the model's context) and too little free space for
+the weights are refused before training. A refusal is one line and nothing is written. The trained model replaces
+the output folder when training finishes (`--overwrite` allows replacing a non-empty one this package wrote), unless
+its weights are NaN/Inf (a diverged run: refused, the output is left as it was). Only the main process writes and
+prints `Wrote OUT`.
 
 Device: a GPU when torch sees one; otherwise the CPU, with a status line (no `--cpu` needed). `--bf16` works on the
 CPU as well (torch's bfloat16 CPU kernels; slow on CPUs without native bfloat16); a GPU without bfloat16 is refused.
@@ -22,6 +26,9 @@ CPU as well (torch's bfloat16 CPU kernels; slow on CPUs without native bfloat16)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import math
 import os
 import shutil
 import sys
@@ -32,10 +39,17 @@ import torch
 from transformers import AutoModel, Trainer, TrainingArguments
 
 from ..cli import add_train_arguments, status, user_errors
-from ..conversion.output_folder import atomic_output_folder
-from ..conversion.to_transformers import ORIGINAL_TOKENIZER_DIR, copy_remote_code
+from ..conversion.checkpoint_io import NonfiniteCheck, name_keys
+from ..conversion.output_folder import atomic_output_folder, check_free_space
+from ..conversion.to_transformers import ORIGINAL_TOKENIZER_DIR, copy_remote_code, is_converted_folder
 from ..loading import load_model_and_processor
-from .checks import TrainingInputError, check_data, check_output, json_lines
+from .checks import (
+    TrainingInputError,
+    check_data,
+    check_lengths,
+    check_output,
+    json_lines,
+)
 from .collator import HoVLEChatCollator
 from .compat import CHECKPOINTING_FIELD
 from .distillation import DistillationCollator, DistillationTrainer, check_teacher
@@ -92,6 +106,15 @@ def check_arguments(args: argparse.Namespace) -> dict[str, int]:
             "stage 1 (distillation) needs --teacher: a model folder or Hub id with get_image_features whose "
             "features have the LLM's width (e.g. a native InternVL checkpoint)"
         )
+    if args.stage != 1 and args.teacher:
+        raise TrainingInputError(
+            f"--teacher is for stage 1 (distillation) only; stage {args.stage} learns from the chat data: leave out "
+            "--teacher or use --stage 1"
+        )
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        raise TrainingInputError(f"--lr must be a finite number above 0, got {args.lr}")
+    if args.lora and importlib.util.find_spec("peft") is None:
+        raise TrainingInputError("--lora needs peft, which is not installed: pip install 'hovle[train]'")
     for flag, name in (("--model", args.model), ("--teacher", args.teacher)):
         text = str(name) if name is not None else ""
         if text and not Path(text).exists() and (text.startswith((".", "/", "~")) or text.count("/") != 1):
@@ -100,7 +123,22 @@ def check_arguments(args: argparse.Namespace) -> dict[str, int]:
     return check_data(args.data, args.stage)
 
 
-def run(args: argparse.Namespace) -> Path:
+def run(args: argparse.Namespace) -> Path | None:
+    """Train and write `--output`; returns its path on the main process, None on the others (torchrun, accelerate).
+    A run that fails leaves no trace: the Trainer creates its `output_dir` when it starts, and an output folder that
+    did not exist before is removed again while it is still empty."""
+    output = Path(args.output)
+    existed = output.exists() or output.is_symlink()
+    try:
+        return _train(args)
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                output.rmdir()  # only ever an empty folder
+        raise
+
+
+def _train(args: argparse.Namespace) -> Path | None:
     summary = check_arguments(args)
     cpu = args.cpu or not accelerator_available()
     if not args.cpu and cpu:
@@ -136,6 +174,13 @@ def run(args: argparse.Namespace) -> Path:
         raise TrainingInputError(
             f"{args.data}: a text_ids entry is {summary['max_text_id']}, past the model's vocabulary of {vocab_size}"
         )
+    max_length = args.max_length or model.config.text_config.max_position_embeddings
+    flag = "--max-length" if args.max_length else "the model's context (max_position_embeddings)"
+    check_lengths(args.data, args.stage, processor, max_length, args.max_tiles, flag)
+    needed = weights_bytes(model)
+    check_free_space(
+        args.output, needed, f"--output {args.output}: the trained model"
+    )  # before training: a full disk must not cost the trained model
     apply_stage(model, args.stage)
     if args.lora:
         from peft import get_peft_model
@@ -166,20 +211,62 @@ def run(args: argparse.Namespace) -> Path:
             data_collator=HoVLEChatCollator(processor, args.max_tiles),
         )
     trainer.train()
+    refuse_nonfinite_weights(trainer, args.output)
     if trainer.is_world_process_zero():
-        # The finished model replaces the output folder as a whole (scratch folder, then a swap): nothing of an
-        # earlier run's files (an adapter config, other shards) stays to mix with it.
-        inputs = [path for path in (args.model, args.teacher, args.data) if path and Path(path).exists()]
-        with atomic_output_folder(args.output, overwrite=getattr(args, "overwrite", False), inputs=inputs) as scratch:
-            if args.lora:
-                from .lora import merge_and_save
+        save_trained(trainer, processor, args, needed)
+    # The other processes leave only once the main one has written: one that exits early tears the process group
+    # down under the others (torchrun then stops the whole run).
+    trainer.accelerator.wait_for_everyone()
+    return Path(args.output) if trainer.is_world_process_zero() else None
 
-                merge_and_save(trainer.model, scratch, processor)
-            else:
-                trainer.save_model(str(scratch))
-                processor.save_pretrained(scratch)
-            keep_folder_companions(args.model, scratch)
-    return Path(args.output)
+
+def save_trained(trainer: Trainer, processor, args: argparse.Namespace, needed: int) -> None:
+    """Write the trained model, its processor and the folder's companions into `--output` (main process only)."""
+    # The finished model replaces the output folder as a whole (scratch folder, then a swap): nothing of an
+    # earlier run's files (an adapter config, other shards) stays to mix with it. The output folder's owner checks
+    # the free space again, refuses to replace a folder that is not ours, and turns ENOSPC into one line.
+    inputs = [path for path in (args.model, args.teacher, args.data) if path and Path(path).exists()]
+    with atomic_output_folder(
+        args.output,
+        overwrite=getattr(args, "overwrite", False),
+        inputs=inputs,
+        looks_ours=is_converted_folder,
+        needed_bytes=needed,
+    ) as scratch:
+        if args.lora:
+            from .lora import merge_and_save
+
+            merge_and_save(trainer.model, scratch, processor)
+        else:
+            trainer.save_model(str(scratch))
+            processor.save_pretrained(scratch)
+        keep_folder_companions(args.model, scratch)
+
+
+def weights_bytes(model: torch.nn.Module) -> int:
+    """What the trained model's files need on disk: its weights, plus a margin for the configs, the tokenizer and the
+    remote code."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) + 64 * 2**20
+
+
+def refuse_nonfinite_weights(trainer: Trainer, output: str) -> None:
+    """Refuse to save weights that training made NaN/Inf (a diverged run, e.g. too high a learning rate), with the
+    check conversion applies to its output (`NonfiniteCheck`). Every process checks its own shards (FSDP) and the
+    counts are summed, so that all processes refuse together."""
+    check = NonfiniteCheck(torch.float32)
+    for name, tensor in trainer.model.state_dict().items():
+        check.check_source(name, tensor.to_local() if hasattr(tensor, "to_local") else tensor)
+    bad = torch.tensor([len(check.in_source)], device=trainer.args.device)
+    if trainer.args.world_size > 1:
+        bad = trainer.accelerator.reduce(bad, reduction="sum")
+    if int(bad.item()) == 0:
+        return
+    named = name_keys(f"{key} ({count})" for key, count in check.in_source.items()) or "on another process"
+    steps = trainer.state.global_step
+    raise TrainingInputError(
+        f"training diverged: after {steps} step(s) the weights hold NaN or Inf ({named}); nothing was written and "
+        f"--output {output} was left as it was; lower --lr or check the data"
+    )
 
 
 def keep_folder_companions(model_source: str, output: Path) -> None:
@@ -197,10 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     status 2 for a bad input."""
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        written = run(args)
     except user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if written is not None:  # the main process only (`run` returns None on the others)
+        print(f"Wrote {written}")
     return 0
 
 

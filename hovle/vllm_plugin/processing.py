@@ -28,7 +28,7 @@ from vllm.multimodal.processing import (
 from vllm.multimodal.processing.processor import UpdateMode, _plan_prompt_updates_with
 
 from ..conversion.tokenizer import exact_decoding_backend
-from ..processing_hovle import IMAGE_PLACEHOLDER, HoVLEProcessor
+from ..processing_hovle import IMAGE_PLACEHOLDER, HoVLEProcessor, check_max_tiles
 
 # Per-request processor option (`mm_processor_kwargs={"max_tiles": 12}`, `--mm-processor-kwargs`), as in
 # `hovle chat --max-tiles` and the transformers processor.
@@ -38,10 +38,14 @@ MAX_TILES = "max_tiles"
 class HoVLEProcessingInfo(BaseProcessingInfo):
     def max_tiles(self, request_kwargs: Mapping[str, object]) -> int | None:
         """`max_tiles` of a request merged over the server's `--mm-processor-kwargs` (flat, or under
-        `images_kwargs`); None: the folder's own limit (`max_dynamic_patch`)."""
+        `images_kwargs`); None: the folder's own limit (`max_dynamic_patch`). A value the processor refuses (not a
+        whole number, above `MAX_TILES_LIMIT`) is a `ValueError`: the request is refused before any tiling."""
         merged = self.ctx.get_merged_mm_kwargs(request_kwargs)
         images_kwargs = merged.get("images_kwargs") or {}
-        return merged.get(MAX_TILES, images_kwargs.get(MAX_TILES))
+        max_tiles = merged.get(MAX_TILES, images_kwargs.get(MAX_TILES))
+        if max_tiles is not None:
+            check_max_tiles(max_tiles)
+        return max_tiles
 
     def get_hf_processor(self, **kwargs: object) -> HoVLEProcessor:
         return self.ctx.get_hf_processor(HoVLEProcessor, **kwargs)
@@ -63,9 +67,7 @@ class HoVLEProcessingInfo(BaseProcessingInfo):
 
     def get_num_tiles(self, *, image_width: int, image_height: int, max_tiles: int | None = None) -> int:
         """Tiles the processor makes of an image of this size (the thumbnail included)."""
-        image_processor = self.get_hf_processor().image_processor
-        options = {"max_patches": max_tiles} if max_tiles is not None else {}
-        return image_processor.get_number_of_image_patches(image_height, image_width, options)
+        return self.get_hf_processor().num_tiles(image_width, image_height, max_tiles)
 
     def image_token_ids(self, num_tiles: int) -> list[int]:
         config = self.get_hf_config()
@@ -73,7 +75,9 @@ class HoVLEProcessingInfo(BaseProcessingInfo):
         return [config.image_start_token_id, *context, config.image_end_token_id]
 
     def get_image_size_with_most_features(self) -> ImageSize:
-        """A strip of `max_patches` tiles side by side: the most tiles one image can become (plus the thumbnail)."""
+        """A strip of `max_patches` tiles side by side: the most tiles one image can become (plus the thumbnail).
+        Profiling calls this at start-up, so a server `max_tiles` the processor refuses stops the server there."""
+        self.max_tiles({})
         image_processor = self.get_hf_processor().image_processor
         side = image_processor.size["height"]
         return ImageSize(width=side * image_processor.max_patches, height=side)

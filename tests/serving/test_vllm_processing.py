@@ -42,3 +42,20 @@ def test_tile_limits_from_server_and_request(
     assert out["image_num_patches"].tolist() == [tiles]
     reference = HoVLEProcessor.from_pretrained(served_folder).tile_image(strip_image, max_tiles=max_tiles)
     np.testing.assert_array_equal(out["pixel_values_flat"].numpy(), reference)
+
+
+@pytest.mark.parametrize(
+    "server_kwargs,request_kwargs",
+    [
+        (None, {"max_tiles": 1000000}),  # one request
+        (None, {"images_kwargs": {"max_tiles": 1000000}}),
+        ({"max_tiles": 1000000}, {}),  # the server's setting
+    ],
+)
+def test_tile_budget_above_limit_is_refused(served_folder, strip_image, server_kwargs, request_kwargs):
+    from hovle.processing_hovle import MAX_TILES_LIMIT
+
+    message = rf"max_tiles \(max_patches\) is 1000000, above the limit of {MAX_TILES_LIMIT}"
+    with pytest.raises(ValueError, match=message):
+        processor = processor_for(served_folder, mm_processor_kwargs=server_kwargs)
+        processor._call_hf_processor({"images": [strip_image]}, request_kwargs)
