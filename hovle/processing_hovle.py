@@ -283,6 +283,8 @@ def closest_grid(width: int, height: int, min_tiles: int, max_tiles: int, tile_s
     area exceeds half the grid's pixel area. So only the grids with the smallest difference matter: for each row
     count the best column counts lie next to aspect * rows, which gives the smallest difference and its grids;
     the replacement rule then runs over those few grids in InternVL's order (area, then its set's order)."""
+    if min_tiles > max_tiles:  # InternVL finds no candidate grid and keeps its starting guess, one tile
+        return (1, 1)
     aspect = width / height
     per_rows = []  # (rows, lowest columns, highest columns) of the grids that exist
     best = float("inf")

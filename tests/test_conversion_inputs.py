@@ -739,3 +739,11 @@ def test_tokenizer_config_that_is_a_folder(source, tokenizer_dir, tmp_path):
     assert refusal(source, tmp_path / "out", tokenizer_source=tokenizer) == (
         f"tokenizer_config.json in {tokenizer} is a folder, not a JSON file"
     )
+
+
+def test_private_without_push_to_hub_is_refused(source, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert main(["convert", "--input", str(source), "--output", str(output), "--private"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --private applies to the Hub repo of --push-to-hub, which was not given"]
+    assert not output.exists()

@@ -207,3 +207,9 @@ def test_demo_refuses_budget_above_limit(tmp_path):
     settings = GenerationSettings(max_new_tokens=2, max_tiles=MAX_TILES_LIMIT + 1)
     with pytest.raises(DemoError, match=rf"max_tiles \(max_patches\) is {MAX_TILES_LIMIT + 1}, above the limit"):
         engine.prepare([Turn("What is it?", [str(photo)])], settings)
+
+
+@pytest.mark.parametrize("size", [(100, 100), (1000, 250), (30, 900)])
+def test_a_minimum_above_the_budget_gives_internvls_single_tile(size):
+    # InternVL has no candidate grid then and keeps (1, 1); the reference search says so independently.
+    assert closest_grid(*size, 4, 2, 448) == reference_closest_grid(*size, 4, 2, 448)

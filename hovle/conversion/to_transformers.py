@@ -296,6 +296,8 @@ def warnings_to_stderr() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> Path:
+    if args.private and not args.push_to_hub:
+        raise CheckpointError("--private applies to the Hub repo of --push-to-hub, which was not given")
     with warnings_to_stderr(), interruptions_raise():
         return convert(
             args.input,
