@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # artifact (torch's default is one folder for the whole machine, /tmp/torchinductor_<user>).
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.inductor-cache
 
-.PHONY: install demo test test-fast test-oldest test-vllm test-ui check-dist lint format bench
+.PHONY: install demo test test-fast test-oldest test-vllm test-ui docs-check check-dist lint format bench
 
 install:
 	scripts/install.sh $(VENV)
@@ -21,6 +21,9 @@ test: install            ## the whole suite (a few minutes on 2 cores), transfor
 
 test-fast: install       ## the suite without child processes, multi-process runs and compiles
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+docs-check: install      ## the commands of README.md and docs/*.md that run offline on a CPU, on a tiny model
+	HF_HUB_OFFLINE=1 $(PY) scripts/docs_check.py
 
 check-dist:              ## wheel + sdist build, wheel install in a fresh venv, CLI help, the sdist's fast tests
 	scripts/check_dist.sh

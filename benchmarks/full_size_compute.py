@@ -64,7 +64,7 @@ def set_attention(model, attention: str) -> None:
         use_float32_cache(model)
     else:
         model.set_attn_implementation(attention)
-        model.model.cache_layer_types = {}
+        model.model.embedding_model.cache_layout.layer_types = {}
 
 
 def replay_layers(model: torch.nn.Module, vectors: dict[int, torch.Tensor]) -> None:

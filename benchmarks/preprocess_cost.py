@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-from hovle.conversion.tokenizer import IMAGENET_MEAN, IMAGENET_STD
+from hovle.processing_hovle import IMAGENET_MEAN, IMAGENET_STD
 from hovle.testing import reference_pixel_values
 
 from common import argument_parser, best_of, write_json

@@ -49,8 +49,9 @@ def copy_bandwidth(gigabytes: float = 2.0, repeats: int = 20) -> float:
 
 def write_random_folder(folder: Path) -> Path:
     """A converted folder holding a random full-size HoVLE in bf16, its tokenizer and processor."""
-    from hovle.conversion.tokenizer import build_processor, convert_tokenizer
+    from hovle.conversion.tokenizer import convert_tokenizer
     from hovle.modeling_hovle import HoVLEForConditionalGeneration
+    from hovle.processing_hovle import build_processor
 
     config = full_size_config()
     torch.manual_seed(0)

@@ -95,20 +95,17 @@ def check_release_keywords(image_tokens: dict) -> None:
             raise ValueError(f"{name}={value!r} is not supported: the processor writes {RELEASE_IMAGE_TOKENS[name]!r}")
 
 
-def fill_image_placeholders(prompt: str, tiles: list[int], tokens_per_tile: int) -> str:
+def fill_image_placeholders(processor, prompt: str, tiles: list[int]) -> str:
     """The release's `query.replace('<image>', image_tokens, 1)` per image: the images fill the first placeholders of
-    the whole conversation in order; placeholders left over stay plain text."""
-    from .processing_hovle import IMAGE_PLACEHOLDER, expand_image_placeholders
-
-    parts = prompt.split(IMAGE_PLACEHOLDER)
-    if len(parts) - 1 < len(tiles):
+    the whole conversation in order (the processor's `expand_placeholders`); placeholders left over stay plain text."""
+    found = prompt.count(processor.image_placeholder)
+    if found < len(tiles):
         raise ValueError(
-            f"The conversation has {len(parts) - 1} {IMAGE_PLACEHOLDER} placeholders for {len(tiles)} images: with a "
-            f"history, write {IMAGE_PLACEHOLDER} where the image goes (the release adds it only on the first turn)"
+            f"The conversation has {found} {processor.image_placeholder} placeholders for {len(tiles)} images: with a "
+            f"history, write {processor.image_placeholder} where the image goes (the release adds it only on the "
+            "first turn)"
         )
-    head = IMAGE_PLACEHOLDER.join(parts[: len(tiles) + 1])
-    tail = "".join(IMAGE_PLACEHOLDER + part for part in parts[len(tiles) + 1 :])
-    return expand_image_placeholders(head, tiles, tokens_per_tile) + tail
+    return processor.expand_placeholders(prompt, tiles, keep_extra=True)
 
 
 def check_history(history) -> list:
@@ -141,7 +138,7 @@ class HoVLEChatMixin:
     ):
         """`model.chat(tokenizer, pixel_values, question, generation_config)` as in `OpenGVLab/HoVLE`: the reply, or
         `(reply, history)` with `return_history=True`."""
-        from .processing_hovle import IMAGE_PLACEHOLDER, add_missing_placeholders
+        from .processing_hovle import add_missing_placeholders
 
         check_release_keywords(
             {"IMG_START_TOKEN": IMG_START_TOKEN, "IMG_END_TOKEN": IMG_END_TOKEN, "IMG_CONTEXT_TOKEN": IMG_CONTEXT_TOKEN}
@@ -150,7 +147,7 @@ class HoVLEChatMixin:
             raise ValueError(f"question must be a string, got {type(question).__name__}")
         if num_patches_list is None:
             num_patches_list = [pixel_values.shape[0]] if pixel_values is not None else []
-        if history is None and pixel_values is not None and IMAGE_PLACEHOLDER not in question:
+        if history is None and pixel_values is not None:
             question = add_missing_placeholders(question, len(num_patches_list))
         turns = check_history(history)
         replies = self._generate_replies(
@@ -178,7 +175,7 @@ class HoVLEChatMixin:
         """`model.batch_chat(tokenizer, pixel_values, questions, generation_config, num_patches_list=...)`: question
         `i` gets one image of `num_patches_list[i]` tiles (`<image>\\n` prepended unless it has one), or none when
         `pixel_values` is None."""
-        from .processing_hovle import IMAGE_PLACEHOLDER, add_missing_placeholders
+        from .processing_hovle import add_missing_placeholders
 
         if history is not None or return_history:
             raise NotImplementedError("batch_chat has no history (as in the original release): use chat()")
@@ -203,7 +200,7 @@ class HoVLEChatMixin:
             # Without pixel_values the release's num_patches_list only drove its loop: no image goes in.
             tiles = [[count] if pixel_values is not None else [] for count in num_patches_list]
             if pixel_values is not None:
-                questions = [q if IMAGE_PLACEHOLDER in q else add_missing_placeholders(q, 1) for q in questions]
+                questions = [add_missing_placeholders(q, 1) for q in questions]
         return self._generate_replies(
             tokenizer, pixel_values, [[] for _ in questions], questions, tiles, generation_config, verbose
         )
@@ -211,15 +208,7 @@ class HoVLEChatMixin:
     def _generate_replies(
         self, tokenizer, pixel_values, histories, questions, tiles_per_question, generation_config, verbose
     ):
-        from .processing_hovle import (
-            CHAT_TEMPLATE,
-            END_OF_TURN,
-            bos_already_in,
-            chat_control_tokens,
-            decode_reply,
-            mark_user_text,
-            tokenize_texts,
-        )
+        from .processing_hovle import END_OF_TURN, HoVLEProcessor, decode_reply
 
         counts = [count for tiles in tiles_per_question for count in tiles]
         if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in counts):
@@ -230,28 +219,20 @@ class HoVLEChatMixin:
         end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
         settings = generate_settings(generation_config, end_of_turn, tokenizer.pad_token_id)
         system = getattr(self, "system_message", None)  # the release's `model.system_message`, when a caller sets it
-        prompts = []
-        for history, question, tiles in zip(histories, questions, tiles_per_question, strict=True):
+        conversations = []
+        for history, question in zip(histories, questions, strict=True):
             messages = [{"role": "system", "content": system}] if system is not None else []
             for old_question, old_answer in history:
                 messages += [{"role": "user", "content": old_question}, {"role": "assistant", "content": old_answer}]
-            messages.append({"role": "user", "content": question})
-            # Control tokens typed in questions, answers or the system message stay text (the processor's policy);
-            # `<image>` keeps the release's meaning, a placeholder.
-            messages = mark_user_text(messages, chat_control_tokens(tokenizer, placeholder=False))
-            # The release's conversation template, whatever template the tokenizer carries.
-            prompt = tokenizer.apply_chat_template(
-                messages, chat_template=CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True
-            )
-            prompts.append(fill_image_placeholders(prompt, tiles, self.config.tokens_per_tile))
-        inputs = tokenize_texts(
-            tokenizer,
-            prompts,
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-            add_special_tokens=not bos_already_in(tokenizer, prompts),
-        ).to(self.device)
+            conversations.append(messages + [{"role": "user", "content": question}])
+        # The processor owns the prompt: the release's template (whatever template the tokenizer carries), control
+        # tokens typed in questions, answers or the system message kept as text, `<image>` a placeholder as in the
+        # release, the image blocks and the BOS.
+        processor = HoVLEProcessor.from_model_config(tokenizer, self.config)
+        prompts, _ = processor.render_chats(conversations, typed_placeholders=True, add_generation_prompt=True)
+        prompts = [fill_image_placeholders(processor, p, t) for p, t in zip(prompts, tiles_per_question, strict=True)]
+        inputs = processor.tokenize_prompts(prompts, return_tensors="pt", padding=True, padding_side="left")
+        inputs = inputs.to(self.device)
         if pixel_values is not None:
             if verbose:
                 print(f"dynamic ViT batch size: {pixel_values.shape[0]}")

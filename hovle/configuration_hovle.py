@@ -19,6 +19,12 @@ from transformers import LlamaConfig, PretrainedConfig
 
 PixelShuffleLocation = Literal["pre", "post"]
 
+# The fields both stacks must agree on (the embedding module's output is the LLM's input), and the error for each.
+_SHARED_FIELDS = {
+    "hidden_size": "The embedding module's width ({}) must equal the LLM's ({}): its output is the LLM's input",
+    "vocab_size": "The embedding module's text table ({} rows) must cover the LLM vocabulary ({})",
+}
+
 
 class HoVLEEmbeddingConfig(LlamaConfig):
     r"""
@@ -48,7 +54,7 @@ class HoVLEEmbeddingConfig(LlamaConfig):
     def __post_init__(self, **kwargs):
         if self.pixel_shuffle_loc not in ("pre", "post"):
             raise ValueError(f"pixel_shuffle_loc must be 'pre' or 'post', got {self.pixel_shuffle_loc!r}")
-        shuffle = round(1 / self.downsample_ratio)
+        shuffle = self.shuffle_factor
         if abs(shuffle * self.downsample_ratio - 1) > 1e-6:
             raise ValueError(f"downsample_ratio must be 1/n for an integer n, got {self.downsample_ratio}")
         if self.image_size % self.patch_size or (self.image_size // self.patch_size) % shuffle:
@@ -111,16 +117,10 @@ class HoVLEConfig(PretrainedConfig):
             self.text_config = LlamaConfig(**text)
         elif self.text_config is None:
             self.text_config = LlamaConfig()
-        if self.embedding_config.hidden_size != self.text_config.hidden_size:
-            raise ValueError(
-                f"The embedding module's width ({self.embedding_config.hidden_size}) must equal the LLM's "
-                f"({self.text_config.hidden_size}): its output is the LLM's input"
-            )
-        if self.embedding_config.vocab_size != self.text_config.vocab_size:
-            raise ValueError(
-                f"The embedding module's text table ({self.embedding_config.vocab_size} rows) must cover the "
-                f"LLM vocabulary ({self.text_config.vocab_size})"
-            )
+        for field, message in _SHARED_FIELDS.items():
+            embedding, text = getattr(self.embedding_config, field), getattr(self.text_config, field)
+            if embedding != text:
+                raise ValueError(message.format(embedding, text))
         super().__post_init__(**kwargs)
 
     @property

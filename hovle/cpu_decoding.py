@@ -65,7 +65,7 @@ def use_float32_cache(model: PreTrainedModel) -> None:
     the weights keep their dtype. Exact in float32; under bf16 weights the more accurate of the two caches."""
     register_float32_kv_attention()
     model.set_attn_implementation(FLOAT32_KV_ATTENTION)
-    model.model.cache_layer_types = dict(FLOAT32_LAYER_TYPES)
+    model.model.embedding_model.cache_layout.layer_types = dict(FLOAT32_LAYER_TYPES)
 
 
 def compiled_decoding_config(fullgraph: bool = False) -> CompileConfig:

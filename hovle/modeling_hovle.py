@@ -12,7 +12,8 @@ Architecture (sizes of the 2.6B release in brackets):
 Both stacks are transformers' own Llama blocks (`LlamaDecoderLayer`, `LlamaModel`, `LlamaRotaryEmbedding`), so
 eager / sdpa / flash-attention / flex attention, gradient checkpointing and caches come from the library. The two
 stacks share one `Cache`: the LLM owns cache layers `0..L-1` (so `generate`'s bookkeeping, which reads layer 0,
-follows the LLM stream), the embedding module owns layers `L..L+E-1`.
+follows the LLM stream), the embedding module owns layers `L..L+E-1` (`SharedCacheLayout`). `HoVLEModel` embeds
+(`HoVLEHolisticEmbedding`: image placement, positions, the `post` stream, its layers), then runs the LLM.
 
 References: the original release `OpenGVLab/HoVLE` (InternVL code base); transformers' `models/llava`,
 `models/internvl` and `models/llama` for the structure of this file.
@@ -21,6 +22,7 @@ References: the original release `OpenGVLab/HoVLE` (InternVL code base); transfo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 
@@ -31,7 +33,12 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache, StaticLayer
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
+    ModelOutput,
+)
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel, LlamaRotaryEmbedding
@@ -55,11 +62,24 @@ _ACTIVATION_CHECKPOINTING_FLAG = (
     if hasattr(PreTrainedModel, "is_activation_checkpointing")
     else "is_gradient_checkpointing"
 )
-# Since 5.2x transformers' models warn when called with `past_key_values=` (now `cache=`): so does this one. Before,
-# `past_key_values` is the generate() loop's own name for it, accepted silently.
-_accept_past_key_values = (
-    deprecate_kwarg("past_key_values", "5.40.0", new_name="cache") if _CACHE_KWARG == "cache" else (lambda f: f)
-)
+
+
+def _accept_past_key_values(forward):
+    """`forward(cache=...)` also called as `forward(past_key_values=...)`. Since 5.2x transformers' models warn when
+    called so (now `cache=`): so does this one. Before, `past_key_values` is the generate() loop's own name for it,
+    accepted silently."""
+    if _CACHE_KWARG == "cache":
+        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
+
+    @functools.wraps(forward)
+    def accept(*args, past_key_values: Cache | None = None, **kwargs):
+        if past_key_values is not None and kwargs.get("cache") is None:
+            kwargs["cache"] = past_key_values
+        return forward(*args, **kwargs)
+
+    return accept
+
+
 # The rotary forward without its decorators: transformers' `dynamic_rope_update` (and, on 5.17, `no_grad`).
 _UNWRAPPED_ROPE_FORWARD = inspect.unwrap(LlamaRotaryEmbedding.forward)
 try:  # transformers' load-report helper: `layers.{3, 4}.mlp.up_proj.weight` for one key per layer
@@ -68,22 +88,6 @@ except ImportError:  # a later version without it: list every key
 
     def _merge_layer_keys(keys):
         return keys
-
-
-def _empty_layer_like(layer: DynamicLayer | StaticLayer, layer_class: type | None = None) -> DynamicLayer | StaticLayer:
-    """A fresh, empty cache layer of `layer_class` (default: `layer`'s own type), as long as `layer` if static."""
-    layer_class = layer_class or type(layer)
-    if issubclass(layer_class, StaticLayer):
-        return layer_class(max_cache_len=layer.max_cache_len)
-    return layer_class()
-
-
-# The `post` layout's embedding stream is longer than the LLM stream and keeps its own padding mask across decoding
-# steps: the one piece of state the shared cache has no slot for, kept on the cache object under this attribute (and
-# gone with it; transformers marks its caches the same way, e.g. `_is_user_defined`). Over a dynamic cache the mask
-# grows with the stream; over a static cache it spans the layers' whole length, is made and written by eager forwards
-# (prompts) only, and the compiled decoding step reads it as a graph input reached through the cache argument.
-_STREAM_MASK_ATTRIBUTE = "_hovle_embedding_stream_mask"
 
 
 def pixel_shuffle(grid: torch.Tensor, scale_factor: float) -> torch.Tensor:
@@ -281,24 +285,194 @@ class HoVLEPreTrainedModel(PreTrainedModel):
             init.normal_(module.class_embedding, mean=0.0, std=std)
 
 
+# -- the shared cache: both stacks' layout in one `Cache` -----------------------------------------------------------
+def _empty_layer_like(layer: DynamicLayer | StaticLayer, layer_class: type | None = None) -> DynamicLayer | StaticLayer:
+    """A fresh, empty cache layer of `layer_class` (default: `layer`'s own type), as long as `layer` if static."""
+    layer_class = layer_class or type(layer)
+    if issubclass(layer_class, StaticLayer):
+        return layer_class(max_cache_len=layer.max_cache_len)
+    return layer_class()
+
+
+class SharedCacheLayout:
+    """How the two stacks share one transformers `Cache`; every decoding path (dynamic, `generate()`'s static cache
+    and its compiled step, the float32 CPU layers) goes through it.
+
+    * Layers `0..L-1` are the LLM's, `L..L+E-1` the embedding module's: `generate()`'s bookkeeping reads layer 0, so it
+      follows the LLM stream. A dynamic cache (or a caller's static cache sized for the LLM, `pre` layout) gets the
+      embedding layers in `prepare`; `generate()`'s static cache gets them before the first forward
+      (`add_static_layers`), so the compiled decoding step finds every layer in place.
+    * The `pre` stream is the LLM stream. The `post` stream holds every patch of every tile (`stream_length`) and keeps
+      its own padding mask across decoding steps: the one piece of state the cache has no slot for, kept on the cache
+      object under `_STREAM_MASK_ATTRIBUTE` and gone with it (transformers marks its caches the same way, e.g.
+      `_is_user_defined`). Over a dynamic cache the mask grows with the stream; over a static cache it spans the
+      layers' whole length, is made and written by eager forwards (prompts) only, and the compiled decoding step
+      reads it as a graph input reached through the cache argument.
+    * `layer_types`: cache-layer types to put in place of transformers' stock ones in a fresh cache, e.g. float32
+      layers for CPUs without native bf16 (`hovle.cpu_decoding.use_float32_cache`). Empty: the stock layers.
+    """
+
+    _STREAM_MASK_ATTRIBUTE = "_hovle_embedding_stream_mask"
+
+    def __init__(self, config: HoVLEEmbeddingConfig, embedding_offset: int):
+        self.config = config
+        self.embedding_offset = embedding_offset  # the LLM's layer count: the embedding module's first cache layer
+        self.layer_types: dict[type, type] = {}
+        # The longest `post` stream a static cache was made for: later caches keep it, as transformers keeps the
+        # longest LLM length, so later calls reuse the compiled graph.
+        self._longest_static_stream = -1
+
+    @property
+    def total_layers(self) -> int:
+        return self.embedding_offset + self.config.num_hidden_layers
+
+    def past_length(self, cache: Cache | None) -> int | torch.Tensor:
+        """Positions of the LLM stream already in `cache` (a tensor over a static cache holding states)."""
+        return cache.get_seq_length() if cache is not None else 0
+
+    def stream_length(self, llm_length: int, pixel_values: torch.Tensor | None = None) -> int:
+        """The embedding stream's length for `llm_length` LLM positions holding the tiles of `pixel_values`: the same
+        in the `pre` layout; in `post` each tile's `tokens_per_tile` image tokens are all its patches there. With the
+        tiles of a whole batch this bounds every row (a row's stream is at most the longest row's)."""
+        if self.config.pixel_shuffle_loc == "pre" or pixel_values is None:
+            return llm_length
+        return llm_length + pixel_values.shape[0] * (self.config.patches_per_side**2 - self.config.tokens_per_tile)
+
+    def prepare(self, cache: Cache | None) -> Cache | None:
+        """`cache` with room for the embedding module's layers after the LLM's (`layer_types` swapped in)."""
+        if cache is None:
+            return None
+        if self.layer_types:
+            self._swap_layer_types(cache)
+        if getattr(cache, "layer_class_to_replicate", None) is not None or len(cache.layers) >= self.total_layers:
+            return cache  # lazily growing caches add layers on first use
+        template = cache.layers[0]
+        stock = {DynamicLayer} | ({StaticLayer} if self.config.pixel_shuffle_loc == "pre" else set())
+        supported = stock | {self.layer_types[t] for t in stock if t in self.layer_types}
+        if type(template) not in supported:
+            raise NotImplementedError(
+                f"A {type(cache).__name__} with {type(template).__name__} layers and no room for the embedding "
+                f"module's layers is not supported for pixel_shuffle_loc={self.config.pixel_shuffle_loc!r}: use the "
+                "default dynamic cache, or generate(cache_implementation='static'), whose static cache holds every layer"
+            )
+        cache.layers.extend(_empty_layer_like(template) for _ in range(self.total_layers - len(cache.layers)))
+        return cache
+
+    def _swap_layer_types(self, cache: Cache) -> None:
+        """Put `layer_types` in place of a fresh cache's stock layers; layers already holding states, and other layer
+        types (sliding, quantized, offloaded), stay as they are."""
+        replacement = self.layer_types.get(getattr(cache, "layer_class_to_replicate", None))
+        if replacement is not None:
+            cache.layer_class_to_replicate = replacement
+        for index, layer in enumerate(cache.layers):
+            replacement = self.layer_types.get(type(layer))
+            if replacement is not None and not layer.is_initialized:
+                cache.layers[index] = _empty_layer_like(layer, replacement)
+
+    def add_static_layers(self, cache: StaticCache, pixel_values: torch.Tensor | None) -> StaticCache:
+        """Append the embedding module's layers to `generate()`'s static cache for the LLM (transformers' own static
+        layers for the embedding config, allocated by the eager prefill). In the `post` layout they are longer, by
+        the patches of every tile of the batch, and keep the longest length asked for so far."""
+        if len(cache.layers) != self.embedding_offset:
+            return cache  # not the plain decoder cache this extends
+        length = self.stream_length(cache.layers[0].max_cache_len, pixel_values)  # after transformers' own rule
+        # The `pre` stream shares the LLM's 4-D decoding mask, so it takes the LLM's length exactly.
+        if self.config.pixel_shuffle_loc == "post":
+            length = self._longest_static_stream = max(length, self._longest_static_stream)
+        cache.layers.extend(StaticCache(config=self.config, max_cache_len=length).layers)
+        return cache
+
+    def stream_mask(
+        self, cache: Cache | None, new_mask: torch.Tensor | None, stream_embeds: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `post` stream's padding mask over its past and new slots (kept in `cache` for the next step) and the
+        new slots' positions; `new_mask` is the new slots' 2-D padding mask, None when they are all real."""
+        if cache is not None and isinstance(cache.layers[self.embedding_offset], StaticLayer):
+            return self._static_stream_mask(cache, new_mask, stream_embeds)
+        return self._growing_stream_mask(cache, new_mask, stream_embeds)
+
+    def _growing_stream_mask(
+        self, cache: Cache | None, new_mask: torch.Tensor | None, stream_embeds: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Over a dynamic cache (or none): the (batch, past + new) mask."""
+        batch, query_length = stream_embeds.shape[:2]
+        if new_mask is None:
+            new_mask = torch.ones(batch, query_length, dtype=torch.long, device=stream_embeds.device)
+        past_mask = getattr(cache, self._STREAM_MASK_ATTRIBUTE, None)
+        if past_mask is not None:
+            past_mask = past_mask[:, : cache.get_seq_length(self.embedding_offset)]  # survives `crop()`
+        stream_mask = new_mask if past_mask is None else torch.cat([past_mask, new_mask], dim=-1)
+        if cache is not None:
+            setattr(cache, self._STREAM_MASK_ATTRIBUTE, stream_mask)
+        positions = positions_from_mask(stream_mask, stream_mask.shape[1] - query_length, query_length, new_mask.device)
+        return stream_mask, positions
+
+    def _static_stream_mask(
+        self, cache: Cache, new_mask: torch.Tensor | None, stream_embeds: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Over a static cache: the (batch, max_cache_len) mask.
+
+        The mask is one tensor for the cache's lifetime, its slots past the written ones set to 1 (causality hides
+        them until they are written): a decoding step, given no 2-D mask, only reads it, so the compiled step keeps
+        no state of its own and allocates nothing that outlives it (under CUDA graphs, an output kept for the next
+        step would be overwritten by the next replay). Steps given a 2-D mask (prompts, eager) write their slots in
+        place; all of it with tensor offsets, no host synchronisation.
+        """
+        batch, query_length = stream_embeds.shape[:2]
+        device = stream_embeds.device
+        max_cache_len = cache.layers[self.embedding_offset].max_cache_len
+        mask = getattr(cache, self._STREAM_MASK_ATTRIBUTE, None)
+        if mask is None or mask.shape != (batch, max_cache_len):
+            mask = torch.ones(batch, max_cache_len, dtype=torch.long, device=device)
+            if not torch.compiler.is_compiling():
+                torch._dynamo.mark_static_address(mask)  # a fixed address, as transformers' static cache tensors
+            setattr(cache, self._STREAM_MASK_ATTRIBUTE, mask)
+        past_length = cache.get_seq_length(self.embedding_offset)  # a tensor once the layer holds states
+        slots = torch.arange(query_length, device=device) + past_length
+        if new_mask is not None:
+            mask.index_copy_(1, slots, new_mask.to(mask.dtype))
+            # A reused cache (reset, or cropped) may hold an older prompt's padding after the new slots.
+            later = torch.arange(mask.shape[1], device=device) >= past_length + query_length
+            mask.masked_fill_(later, 1)
+        positions = (mask.cumsum(-1) - 1).index_select(1, slots)
+        return mask, positions.masked_fill(mask.index_select(1, slots) == 0, 1)
+
+
+@dataclasses.dataclass
+class HoVLEEmbeddingOutput(ModelOutput):
+    """What the holistic embedding module hands the LLM.
+
+    last_hidden_state: (batch, seq, hidden) the LLM's `inputs_embeds`, on the LLM stream.
+    position_ids: (batch, seq) the positions of the LLM stream (given, or derived from the mask and the cache).
+    is_prompt: the call started from an empty cache outside torch.compile, so the prompt checks ran.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    position_ids: torch.LongTensor | None = None
+    is_prompt: bool | None = None
+
+
 class HoVLEHolisticEmbedding(HoVLEPreTrainedModel):
     """Image patches and text tokens -> one embedding space: the LLM's `inputs_embeds` at every position.
 
-    A `PreTrainedModel` of its own (like the `LlamaModel` beside it) so the attention implementation reaches it and
-    it can be saved or loaded alone (training stage I trains nothing else).
+    Owns the patch embedding, the projector, the token table, the image placement (`<IMG_CONTEXT>` positions), the
+    positions, the `post` stream and its decoder layers, and the two stacks' cache layout (`cache_layout`). A
+    `PreTrainedModel` of its own (like the `LlamaModel` beside it) so the attention implementation reaches it and it
+    can be saved or loaded alone (training stage I trains nothing else); loaded alone it needs the arguments
+    `HoVLEModel` gives it: `cache_layer_offset` (the LLM's layer count) and `image_token_id`.
     """
 
     config_class = HoVLEEmbeddingConfig
     config: HoVLEEmbeddingConfig
     base_model_prefix = "embedding_model"
 
-    def __init__(self, config: HoVLEEmbeddingConfig, cache_layer_offset: int = 0):
+    def __init__(self, config: HoVLEEmbeddingConfig, cache_layer_offset: int = 0, image_token_id: int | None = None):
         super().__init__(config)
         self.vision_embeddings = HoVLEVisionEmbeddings(config)
         self.projector = HoVLEProjector(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        # Cache layers L..L+E-1: the LLM owns 0..L-1 of the shared cache.
-        self.cache_layer_offset = cache_layer_offset
+        self.image_token_id = image_token_id
+        self.cache_layout = SharedCacheLayout(config, embedding_offset=cache_layer_offset)
         self.layers = nn.ModuleList(
             [LlamaDecoderLayer(config, layer_idx=cache_layer_offset + i) for i in range(config.num_hidden_layers)]
         )
@@ -311,11 +485,179 @@ class HoVLEHolisticEmbedding(HoVLEPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
-    def shuffle_and_project(self, patch_states: torch.Tensor) -> torch.Tensor:
-        """(tiles, patches, C) -> (tiles, tokens_per_tile, C): InternVL "v2" pixel shuffle, then the projector."""
-        return shuffle_and_project(patch_states, self.config, self.projector)
-
     def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        check_image_tokens: bool = True,
+        **kwargs,
+    ) -> HoVLEEmbeddingOutput:
+        """The LLM's inputs for a step; `cache` laid out by `cache_layout.prepare` (see `HoVLEModel.forward` for the
+        arguments). Training stage I distils its output: image positions towards a teacher's image features, text
+        positions towards the LLM's own token embeddings."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        past_length = self.cache_layout.past_length(cache)
+        is_prompt = not torch.compiler.is_compiling() and past_length == 0
+        if is_prompt:
+            self._check_prompt(input_ids if input_ids is not None else inputs_embeds[..., 0])
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if position_ids is None:
+            position_ids = positions_from_mask(
+                attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device
+            )
+        if pixel_values is None and check_image_tokens and is_prompt:
+            self._check_no_orphan_image_tokens(input_ids)
+        patches = image_mask = None
+        if pixel_values is not None:
+            patches = self.vision_embeddings(pixel_values)  # (tiles, patches, C); checks the tiles' shape
+            # Pixels come only with the prompt (never in the compiled decoding step), so this sync is one per call;
+            # NaN/Inf pixels would otherwise turn every state into NaN and greedy decoding into token 0.
+            if not torch.compiler.is_compiling() and not bool(torch.isfinite(pixel_values).all()):
+                raise ValueError("pixel_values holds NaN or infinite values: make them with the model's processor")
+            image_mask = self.image_token_mask(input_ids, inputs_embeds, pixel_values.shape[0])  # (B, S)
+
+        if self.config.pixel_shuffle_loc == "pre":
+            if patches is not None:
+                image_tokens = shuffle_and_project(patches, self.config, self.projector)
+                inputs_embeds = inputs_embeds.masked_scatter(
+                    image_mask.unsqueeze(-1).to(inputs_embeds.device),
+                    image_tokens.reshape(-1, inputs_embeds.shape[-1]).to(inputs_embeds.dtype),
+                )
+            llm_inputs = self._run_layers(inputs_embeds, attention_mask, position_ids, cache, **kwargs)
+        else:
+            llm_inputs = self._post_layout(inputs_embeds, patches, image_mask, attention_mask, cache)
+        if self.config.normalize_output:
+            llm_inputs = F.normalize(llm_inputs, dim=-1)
+        return HoVLEEmbeddingOutput(last_hidden_state=llm_inputs, position_ids=position_ids, is_prompt=is_prompt)
+
+    # -- checks and image placement --------------------------------------------------------------------------------
+    def _check_prompt(self, tokens: torch.Tensor) -> None:
+        """A prompt (checked once, before decoding: never inside a compiled step) must be a non-empty batch of ids in
+        the vocabulary; an out-of-range id would otherwise surface as an indexing error deep inside the embedding."""
+        if tokens.ndim != 2 or 0 in tokens.shape:
+            raise ValueError(f"The prompt must be a non-empty (batch, sequence) batch; got shape {tuple(tokens.shape)}")
+        if tokens.dtype.is_floating_point:
+            return  # inputs_embeds: nothing to range-check
+        vocab = self.embed_tokens.num_embeddings  # the LLM's vocabulary too (`HoVLEConfig` checks it)
+        outside = (tokens < 0) | (tokens >= vocab)
+        if outside.any():
+            raise ValueError(
+                f"input_ids holds {int(outside.sum())} id(s) outside the vocabulary 0..{vocab - 1}, e.g. "
+                f"{int(tokens[outside][0])}"
+            )
+
+    def _check_no_orphan_image_tokens(self, input_ids: torch.Tensor | None) -> None:
+        # While decoding, a generated <IMG_CONTEXT> is ordinary text (as in the original); in a prompt it means the
+        # caller forgot the images. Prompts only, outside torch.compile, as transformers' own VLMs skip their count
+        # checks there: with a static cache the past length is a tensor, so the test would break the decoding graph.
+        if input_ids is None or self.image_token_id is None:
+            return
+        found = int((input_ids == self.image_token_id).sum())
+        if found:
+            raise ValueError(
+                f"The prompt has {found} image tokens (<IMG_CONTEXT>, id {self.image_token_id}) but no "
+                "pixel_values were given (0 image features)"
+            )
+
+    def image_token_mask(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, num_tiles: int
+    ) -> torch.Tensor:
+        """(batch, seq) True at the `<IMG_CONTEXT>` positions: from `input_ids`, or, given only `inputs_embeds`, where
+        they equal the embedding of `<IMG_CONTEXT>` (as transformers' VLMs locate placeholders). The count must match
+        the tiles (checked in a compile- and export-friendly way)."""
+        if self.image_token_id is None:
+            raise ValueError(
+                "This embedding module was built without image_token_id (loaded alone?): pass "
+                "image_token_id=config.image_token_id of the full model to place images"
+            )
+        if input_ids is not None:
+            image_mask = input_ids == self.image_token_id
+        else:
+            placeholder = self.embed_tokens(
+                torch.full((), self.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            image_mask = (inputs_embeds == placeholder.to(inputs_embeds.dtype)).all(-1)
+        tokens_per_tile = self.config.tokens_per_tile
+        expected = num_tiles * tokens_per_tile
+        torch_compilable_check(
+            image_mask.sum() == expected,
+            lambda: (
+                f"The prompt has {int(image_mask.sum())} image tokens (<IMG_CONTEXT>, id {self.image_token_id}) "
+                f"but the {num_tiles} image tiles give {expected} image features ({tokens_per_tile} per tile)"
+            ),
+        )
+        return image_mask
+
+    # -- the decoder layers ----------------------------------------------------------------------------------------
+    def _post_layout(
+        self,
+        inputs_embeds: torch.Tensor,
+        patches: torch.Tensor | None,
+        image_mask: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None,
+    ) -> torch.Tensor:
+        """`post` layout: the embedding stream holds every patch of every tile, so it is longer than the LLM stream
+        (by `patches - tokens_per_tile` per tile) and keeps its own padding mask and positions (`cache_layout`)."""
+        length, hidden = inputs_embeds.shape[1:]
+        # Only a 2-D mask tells padding; a 4-D one is the LLM's own (a static cache's decoding step, prepared by
+        # generate()): the step's new token is real, so its stream slot is too.
+        new_mask = attention_mask[:, -length:] if attention_mask is not None and attention_mask.ndim == 2 else None
+        if patches is None:
+            # Text only (decode steps, text prompts): both streams advance one slot per token.
+            stream_embeds, stream_new_mask = inputs_embeds, new_mask
+        else:
+            stream_embeds, stream_new_mask, llm_slots, image_slots = self._patch_stream(
+                inputs_embeds, new_mask, image_mask
+            )
+            stream_embeds = stream_embeds.masked_scatter(
+                image_slots.unsqueeze(-1), patches.reshape(-1, hidden).to(stream_embeds.dtype)
+            )
+
+        stream_mask, stream_positions = self.cache_layout.stream_mask(cache, stream_new_mask, stream_embeds)
+        stream_out = self._run_layers(stream_embeds, stream_mask, stream_positions, cache)
+        if patches is None:
+            return stream_out
+
+        llm_inputs = torch.gather(stream_out, 1, llm_slots.unsqueeze(-1).expand(-1, -1, hidden))
+        image_states = stream_out[image_slots].reshape(patches.shape)  # (tiles, patches, C)
+        image_tokens = shuffle_and_project(image_states, self.config, self.projector).reshape(-1, hidden)
+        return llm_inputs.masked_scatter(image_mask.unsqueeze(-1), image_tokens.to(llm_inputs.dtype))
+
+    def _patch_stream(
+        self, inputs_embeds: torch.Tensor, new_mask: torch.Tensor | None, image_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The `post` stream of a step with images: each image token of the LLM stream stands for `ratio` patch slots.
+        Returns the stream's embeddings (patch slots still empty), its new slots' padding mask, for each LLM position
+        its (last) stream slot, and the patch slots."""
+        batch, length, hidden = inputs_embeds.shape
+        device = inputs_embeds.device
+        if new_mask is None:
+            new_mask = torch.ones(batch, length, dtype=torch.long, device=device)
+        ratio = self.config.patches_per_side**2 // self.config.tokens_per_tile
+        repeats = 1 + (ratio - 1) * image_mask.long()  # (B, S)
+        stream_lengths = repeats.sum(-1)
+        stream_length = int(stream_lengths.max())
+        stream_embeds = inputs_embeds.new_zeros(batch, stream_length, hidden)
+        stream_new_mask = new_mask.new_zeros(batch, stream_length)
+        image_slots = torch.zeros(batch, stream_length, dtype=torch.bool, device=device)
+        llm_slots = torch.empty(batch, length, dtype=torch.long, device=device)
+        for row in range(batch):
+            pad = stream_length - int(stream_lengths[row])  # extra left padding for rows with fewer tiles
+            source = torch.repeat_interleave(torch.arange(length, device=device), repeats[row])
+            stream_embeds[row, pad:] = inputs_embeds[row, source]
+            stream_new_mask[row, pad:] = new_mask[row, source]
+            image_slots[row, pad:] = image_mask[row, source]
+            llm_slots[row] = pad + repeats[row].cumsum(0) - 1  # LLM position -> its (last) stream slot
+        return stream_embeds, stream_new_mask, llm_slots, image_slots
+
+    def _run_layers(
         self,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None,
@@ -329,7 +671,7 @@ class HoVLEHolisticEmbedding(HoVLEPreTrainedModel):
             attention_mask=attention_mask,
             **{_CACHE_KWARG: cache},
             position_ids=position_ids,
-            layer_idx=self.cache_layer_offset,
+            layer_idx=self.cache_layout.embedding_offset,
         )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids=position_ids)
         hidden_states = inputs_embeds
@@ -352,14 +694,13 @@ class HoVLEModel(HoVLEPreTrainedModel):
     def __init__(self, config: HoVLEConfig):
         super().__init__(config)
         self.num_text_layers = config.text_config.num_hidden_layers
-        self.embedding_model = HoVLEHolisticEmbedding(config.embedding_config, cache_layer_offset=self.num_text_layers)
+        self.embedding_model = HoVLEHolisticEmbedding(
+            config.embedding_config, cache_layer_offset=self.num_text_layers, image_token_id=config.image_token_id
+        )
         # `language_model.embed_tokens` is InternLM2's own table: unused here (inputs come from the embedding
         # module) but kept, as the text teacher of training stage I.
         self.language_model = LlamaModel(config.text_config)
         self.language_model.rotary_emb = rotary_embedding(config.text_config)
-        # Cache-layer types to put in place of transformers' stock ones in a fresh cache, e.g. float32 layers for
-        # CPUs without native bf16 (`hovle.cpu_decoding.use_float32_cache`). Empty: the stock layers.
-        self.cache_layer_types: dict[type, type] = {}
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -376,121 +717,17 @@ class HoVLEModel(HoVLEPreTrainedModel):
         """The image tokens as the `pre` layout inserts them, `pooler_output` (tiles, tokens_per_tile, hidden), and
         the patch embeddings they come from, `last_hidden_state` (tiles, patches, hidden). HoVLE has no vision
         encoder: there are no per-layer hidden states or attentions of an image alone."""
-        patches = self.embedding_model.vision_embeddings(pixel_values)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=patches, pooler_output=self.embedding_model.shuffle_and_project(patches)
-        )
+        embedding = self.embedding_model
+        patches = embedding.vision_embeddings(pixel_values)
+        pooled = shuffle_and_project(patches, embedding.config, embedding.projector)
+        return BaseModelOutputWithPooling(last_hidden_state=patches, pooler_output=pooled)
 
-    # -- cache -------------------------------------------------------------------------------------------------
-    def embedding_stream_length(self, llm_length: int, pixel_values: torch.Tensor | None = None) -> int:
-        """The embedding stream's length for `llm_length` LLM positions holding the tiles of `pixel_values`: the same
-        in the `pre` layout; in `post` each tile's `tokens_per_tile` image tokens are all its patches there. With the
-        tiles of a whole batch this bounds every row (a row's stream is at most the longest row's)."""
-        if self.config.embedding_config.pixel_shuffle_loc == "pre" or pixel_values is None:
-            return llm_length
-        patches = self.config.embedding_config.patches_per_side**2
-        return llm_length + pixel_values.shape[0] * (patches - self.config.tokens_per_tile)
-
-    def add_embedding_cache_layers(self, cache: StaticCache, max_cache_len: int) -> StaticCache:
-        """Append the embedding module's layers (`L..L+E-1`), `max_cache_len` slots long, to a static cache made for
-        the LLM's: transformers' own static layers for the embedding config, in place before the first forward."""
-        cache.layers.extend(StaticCache(config=self.config.embedding_config, max_cache_len=max_cache_len).layers)
-        return cache
-
-    def _prepare_shared_cache(self, cache: Cache | None, use_cache: bool) -> Cache | None:
-        """Make sure the cache has room for the embedding module's layers after the LLM's: a dynamic cache (or a
-        caller's static cache sized for the LLM alone, `pre` layout) gets them here; `generate()`'s static cache has
-        them from the start (`HoVLEForConditionalGeneration._prepare_static_cache`)."""
-        if cache is None:
-            if not use_cache:
-                return None
-            cache = DynamicCache(config=self.config.text_config)
-        total = self.num_text_layers + self.config.embedding_config.num_hidden_layers
-        if self.cache_layer_types:
-            self._swap_cache_layer_types(cache)
-        if getattr(cache, "layer_class_to_replicate", None) is not None or len(cache.layers) >= total:
-            return cache  # lazily growing caches add layers on first use
-        template = cache.layers[0]
-        stock = {DynamicLayer} | ({StaticLayer} if self.config.embedding_config.pixel_shuffle_loc == "pre" else set())
-        supported = stock | {self.cache_layer_types[t] for t in stock if t in self.cache_layer_types}
-        if type(template) not in supported:
-            raise NotImplementedError(
-                f"A {type(cache).__name__} with {type(template).__name__} layers and no room for the embedding "
-                f"module's layers is not supported for pixel_shuffle_loc="
-                f"{self.config.embedding_config.pixel_shuffle_loc!r}: use the default dynamic cache, or "
-                "generate(cache_implementation='static'), whose static cache holds every layer"
-            )
-        cache.layers.extend(_empty_layer_like(template) for _ in range(total - len(cache.layers)))
-        return cache
-
-    def _swap_cache_layer_types(self, cache: Cache) -> None:
-        """Put `cache_layer_types` in place of a fresh cache's stock layers; layers already holding states, and
-        other layer types (sliding, quantized, offloaded), stay as they are."""
-        replacement = self.cache_layer_types.get(getattr(cache, "layer_class_to_replicate", None))
-        if replacement is not None:
-            cache.layer_class_to_replicate = replacement
-        for index, layer in enumerate(cache.layers):
-            replacement = self.cache_layer_types.get(type(layer))
-            if replacement is not None and not layer.is_initialized:
-                cache.layers[index] = _empty_layer_like(layer, replacement)
-
-    # -- image placement ---------------------------------------------------------------------------------------
-    def _image_token_mask(
-        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, num_tiles: int
-    ) -> torch.Tensor:
-        """(batch, seq) True at the `<IMG_CONTEXT>` positions: from `input_ids`, or, given only `inputs_embeds`, where
-        they equal the embedding of `<IMG_CONTEXT>` (as transformers' VLMs locate placeholders). The count must match
-        the tiles (checked in a compile- and export-friendly way)."""
-        if input_ids is not None:
-            image_mask = input_ids == self.config.image_token_id
-        else:
-            placeholder = self.embedding_model.embed_tokens(
-                torch.full((), self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
-            )
-            image_mask = (inputs_embeds == placeholder.to(inputs_embeds.dtype)).all(-1)
-        expected = num_tiles * self.config.tokens_per_tile
-        torch_compilable_check(
-            image_mask.sum() == expected,
-            lambda: (
-                f"The prompt has {int(image_mask.sum())} image tokens (<IMG_CONTEXT>, id {self.config.image_token_id}) "
-                f"but the {num_tiles} image tiles give {expected} image features ({self.config.tokens_per_tile} per "
-                "tile)"
-            ),
-        )
-        return image_mask
-
-    def _check_prompt(self, tokens: torch.Tensor) -> None:
-        """A prompt (checked once, before decoding: never inside a compiled step) must be a non-empty batch of ids in
-        the vocabulary; an out-of-range id would otherwise surface as an indexing error deep inside the embedding."""
-        if tokens.ndim != 2 or 0 in tokens.shape:
-            raise ValueError(f"The prompt must be a non-empty (batch, sequence) batch; got shape {tuple(tokens.shape)}")
-        if tokens.dtype.is_floating_point:
-            return  # inputs_embeds: nothing to range-check
-        vocab = self.config.text_config.vocab_size
-        outside = (tokens < 0) | (tokens >= vocab)
-        if outside.any():
-            raise ValueError(
-                f"input_ids holds {int(outside.sum())} id(s) outside the vocabulary 0..{vocab - 1}, e.g. "
-                f"{int(tokens[outside][0])}"
-            )
-        seq_length, context = tokens.shape[1], self.config.text_config.max_position_embeddings
+    def _warn_beyond_context(self, seq_length: int) -> None:
+        context = self.config.text_config.max_position_embeddings
         if seq_length > context:
             logger.warning_once(
                 f"The prompt has {seq_length} tokens, more than the model's context of {context}: quality degrades "
                 "beyond it (InternLM2's dynamic rope scaling stretches the positions)"
-            )
-
-    def _check_no_orphan_image_tokens(self, input_ids: torch.Tensor | None, past_length: int) -> None:
-        # While decoding, a generated <IMG_CONTEXT> is ordinary text (as in the original); in a prompt it means the
-        # caller forgot the images. Skipped under torch.compile, as transformers' own VLMs skip their count checks:
-        # with a static cache `past_length` is a tensor, so the test would break the decoding graph on every step.
-        if input_ids is None or torch.compiler.is_compiling() or past_length > 0:
-            return
-        found = int((input_ids == self.config.image_token_id).sum())
-        if found:
-            raise ValueError(
-                f"The prompt has {found} image tokens (<IMG_CONTEXT>, id {self.config.image_token_id}) but no "
-                "pixel_values were given (0 image features)"
             )
 
     @can_return_tuple
@@ -515,23 +752,15 @@ class HoVLEModel(HoVLEPreTrainedModel):
         check_image_tokens: raise when a prompt holds image tokens but no `pixel_values` come with it (off for a
             drafting assistant, which transformers' assisted generation runs on the text alone).
         """
-        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         kwargs.pop("cache_position", None)  # older generate() versions may still send it; positions are ours
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         use_cache = use_cache if use_cache is not None else self.config.text_config.use_cache
         if self.training and self._activation_checkpointing():
             use_cache = False
-        cache = self._prepare_shared_cache(cache, bool(use_cache))
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config.text_config)  # the LLM's own default
+        cache = self.embedding_model.cache_layout.prepare(cache)
 
-        past_length = cache.get_seq_length() if cache is not None else 0
-        if not torch.compiler.is_compiling() and past_length == 0:
-            self._check_prompt(input_ids if input_ids is not None else inputs_embeds[..., 0])
-        if position_ids is None:
-            length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-            device = (input_ids if input_ids is not None else inputs_embeds).device
-            position_ids = positions_from_mask(attention_mask, past_length, length, device)
-        llm_inputs = self.holistic_embedding(
+        embedded = self.embedding_model(
             input_ids,
             pixel_values,
             attention_mask,
@@ -541,11 +770,12 @@ class HoVLEModel(HoVLEPreTrainedModel):
             check_image_tokens=check_image_tokens,
             **kwargs,
         )
-
+        if embedded.is_prompt:
+            self._warn_beyond_context(embedded.last_hidden_state.shape[1])
         outputs = self.language_model(
-            inputs_embeds=llm_inputs,
+            inputs_embeds=embedded.last_hidden_state,
             attention_mask=attention_mask,
-            position_ids=position_ids,
+            position_ids=embedded.position_ids,
             use_cache=use_cache,
             return_dict=True,
             **{_CACHE_KWARG: cache},
@@ -557,158 +787,6 @@ class HoVLEModel(HoVLEPreTrainedModel):
             attentions=outputs.attentions,
             **{_CACHE_FIELD: cache},
         )
-
-    def holistic_embedding(
-        self,
-        input_ids: torch.LongTensor | None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        check_image_tokens: bool = True,
-        **kwargs,
-    ) -> torch.Tensor:
-        """The embedding module's output, i.e. the LLM's `inputs_embeds`: (batch, seq, hidden) on the LLM stream.
-
-        This is what training stage I distils: image positions towards a teacher's image features, text
-        positions towards the LLM's own token embeddings.
-        """
-        if inputs_embeds is None:
-            inputs_embeds = self.embedding_model.embed_tokens(input_ids)
-        past_length = cache.get_seq_length() if cache is not None else 0
-        if position_ids is None:
-            position_ids = positions_from_mask(
-                attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device
-            )
-        if pixel_values is None and check_image_tokens:
-            self._check_no_orphan_image_tokens(input_ids, past_length)
-        if pixel_values is not None:
-            self.embedding_model.vision_embeddings.check_shape(pixel_values)
-            # Pixels come only with the prompt (never in the compiled decoding step), so this sync is one per call;
-            # NaN/Inf pixels would otherwise turn every state into NaN and greedy decoding into token 0.
-            if not torch.compiler.is_compiling() and not bool(torch.isfinite(pixel_values).all()):
-                raise ValueError("pixel_values holds NaN or infinite values: make them with the model's processor")
-
-        if self.config.embedding_config.pixel_shuffle_loc == "pre":
-            if pixel_values is not None:
-                image_mask = self._image_token_mask(input_ids, inputs_embeds, pixel_values.shape[0])
-                image_tokens = self.get_image_features(pixel_values, return_dict=True).pooler_output
-                image_tokens = image_tokens.reshape(-1, inputs_embeds.shape[-1])
-                inputs_embeds = inputs_embeds.masked_scatter(
-                    image_mask.unsqueeze(-1).to(inputs_embeds.device), image_tokens.to(inputs_embeds.dtype)
-                )
-            llm_inputs = self.embedding_model(inputs_embeds, attention_mask, position_ids, cache, **kwargs)
-        else:
-            llm_inputs = self._post_layout_embedding(input_ids, inputs_embeds, pixel_values, attention_mask, cache)
-
-        if self.config.embedding_config.normalize_output:
-            llm_inputs = F.normalize(llm_inputs, dim=-1)
-        return llm_inputs
-
-    def _post_layout_embedding(
-        self,
-        input_ids: torch.Tensor | None,
-        inputs_embeds: torch.Tensor,
-        pixel_values: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        cache: Cache | None,
-    ) -> torch.Tensor:
-        """`post` layout: the embedding stream holds every patch of every tile, so it is longer than the LLM stream
-        (by `patches - tokens_per_tile` per tile) and keeps its own padding mask and positions."""
-        batch, length, hidden = inputs_embeds.shape
-        device = inputs_embeds.device
-        # Only a 2-D mask tells padding; a 4-D one is the LLM's own (a static cache's decoding step, prepared by
-        # generate()): the step's new token is real, so its stream slot is too.
-        new_mask = attention_mask[:, -length:] if attention_mask is not None and attention_mask.ndim == 2 else None
-        if pixel_values is None:
-            # Text only (decode steps, text prompts): both streams advance one slot per token.
-            stream_embeds, stream_new_mask, llm_slots, image_slots = inputs_embeds, new_mask, None, None
-        else:
-            if new_mask is None:
-                new_mask = torch.ones(batch, length, dtype=torch.long, device=device)
-            image_mask = self._image_token_mask(input_ids, inputs_embeds, pixel_values.shape[0])  # (B, S)
-            ratio = self.config.embedding_config.patches_per_side**2 // self.config.tokens_per_tile
-            # Each image token of the LLM stream stands for `ratio` patch slots of the embedding stream.
-            repeats = 1 + (ratio - 1) * image_mask.long()  # (B, S)
-            stream_lengths = repeats.sum(-1)
-            stream_length = int(stream_lengths.max())
-            stream_embeds = inputs_embeds.new_zeros(batch, stream_length, hidden)
-            stream_new_mask = new_mask.new_zeros(batch, stream_length)
-            image_slots = torch.zeros(batch, stream_length, dtype=torch.bool, device=device)
-            llm_slots = torch.empty(batch, length, dtype=torch.long, device=device)
-            for row in range(batch):
-                pad = stream_length - int(stream_lengths[row])  # extra left padding for rows with fewer tiles
-                source = torch.repeat_interleave(torch.arange(length, device=device), repeats[row])
-                stream_embeds[row, pad:] = inputs_embeds[row, source]
-                stream_new_mask[row, pad:] = new_mask[row, source]
-                image_slots[row, pad:] = image_mask[row, source]
-                llm_slots[row] = pad + repeats[row].cumsum(0) - 1  # LLM position -> its (last) stream slot
-            patches = self.embedding_model.vision_embeddings(pixel_values).reshape(-1, hidden)
-            stream_embeds = stream_embeds.masked_scatter(image_slots.unsqueeze(-1), patches.to(stream_embeds.dtype))
-
-        stream_layer = cache.layers[self.num_text_layers] if cache is not None else None
-        if isinstance(stream_layer, StaticLayer):
-            stream_mask, stream_positions = self._static_stream_mask(
-                cache, stream_layer, stream_new_mask, stream_embeds
-            )
-        else:
-            stream_mask, stream_positions = self._growing_stream_mask(cache, stream_new_mask, stream_embeds)
-        stream_out = self.embedding_model(stream_embeds, stream_mask, stream_positions, cache)
-        if pixel_values is None:
-            return stream_out
-
-        llm_inputs = torch.gather(stream_out, 1, llm_slots.unsqueeze(-1).expand(-1, -1, hidden))
-        tiles = pixel_values.shape[0]
-        image_states = stream_out[image_slots].reshape(tiles, -1, hidden)  # (tiles, patches, C)
-        image_tokens = self.embedding_model.shuffle_and_project(image_states).reshape(-1, hidden)
-        return llm_inputs.masked_scatter(image_mask.unsqueeze(-1), image_tokens.to(llm_inputs.dtype))
-
-    def _growing_stream_mask(
-        self, cache: Cache | None, new_mask: torch.Tensor | None, stream_embeds: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stream's (batch, past + new) padding mask over a dynamic cache (or none), kept for the next step, and
-        the new slots' positions."""
-        batch, query_length = stream_embeds.shape[:2]
-        if new_mask is None:
-            new_mask = torch.ones(batch, query_length, dtype=torch.long, device=stream_embeds.device)
-        past_mask = getattr(cache, _STREAM_MASK_ATTRIBUTE, None)
-        if past_mask is not None:
-            past_mask = past_mask[:, : cache.get_seq_length(self.num_text_layers)]  # survives `crop()`
-        stream_mask = new_mask if past_mask is None else torch.cat([past_mask, new_mask], dim=-1)
-        if cache is not None:
-            setattr(cache, _STREAM_MASK_ATTRIBUTE, stream_mask)
-        positions = positions_from_mask(stream_mask, stream_mask.shape[1] - query_length, query_length, new_mask.device)
-        return stream_mask, positions
-
-    def _static_stream_mask(
-        self, cache: Cache, layer: StaticLayer, new_mask: torch.Tensor | None, stream_embeds: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stream's padding mask over a static cache, (batch, max_cache_len), and the new slots' positions.
-
-        The mask is one tensor for the cache's lifetime, its slots past the written ones set to 1 (causality hides
-        them until they are written): a decoding step, given no 2-D mask, only reads it, so the compiled step keeps
-        no state of its own and allocates nothing that outlives it (under CUDA graphs, an output kept for the next
-        step would be overwritten by the next replay). Steps given a 2-D mask (prompts, eager) write their slots in
-        place; all of it with tensor offsets, no host synchronisation.
-        """
-        batch, query_length = stream_embeds.shape[:2]
-        device = stream_embeds.device
-        mask = getattr(cache, _STREAM_MASK_ATTRIBUTE, None)
-        if mask is None or mask.shape != (batch, layer.max_cache_len):
-            mask = torch.ones(batch, layer.max_cache_len, dtype=torch.long, device=device)
-            if not torch.compiler.is_compiling():
-                torch._dynamo.mark_static_address(mask)  # a fixed address, as transformers' static cache tensors
-            setattr(cache, _STREAM_MASK_ATTRIBUTE, mask)
-        past_length = cache.get_seq_length(self.num_text_layers)  # a tensor once the layer holds states
-        slots = torch.arange(query_length, device=device) + past_length
-        if new_mask is not None:
-            mask.index_copy_(1, slots, new_mask.to(mask.dtype))
-            # A reused cache (reset, or cropped) may hold an older prompt's padding after the new slots.
-            later = torch.arange(mask.shape[1], device=device) >= past_length + query_length
-            mask.masked_fill_(later, 1)
-        positions = (mask.cumsum(-1) - 1).index_select(1, slots)
-        return mask, positions.masked_fill(mask.index_select(1, slots) == 0, 1)
 
 
 class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, GenerationMixin):
@@ -759,7 +837,7 @@ class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, Genera
         counted per row); `pixel_values` holds them row after row."""
         if input_ids is not None and input_ids.shape[-1] == 0:  # generate() given only inputs_embeds
             input_ids = None
-        mask = self.model._image_token_mask(input_ids, inputs_embeds, num_tiles)
+        mask = self.model.embedding_model.image_token_mask(input_ids, inputs_embeds, num_tiles)
         return (mask.sum(-1) // self.config.tokens_per_tile).tolist()
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
@@ -814,22 +892,11 @@ class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, Genera
         model_kwargs: dict,
     ) -> Cache:
         """transformers' static cache for `generate()` (sized from `text_config`: the LLM's layers), with the embedding
-        module's layers appended from the start, so the compiled decoding step finds every layer, allocated by the
-        eager prefill, in place. In the `post` layout they are longer, by the patches of every tile of the batch, and
-        keep the longest length asked for so far, as transformers does for its own, so later calls reuse the graph.
-        """
+        module's layers appended from the start (`SharedCacheLayout.add_static_layers`)."""
         cache = super()._prepare_static_cache(
             cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs
         )
-        if len(cache.layers) != self.model.num_text_layers:
-            return cache  # not the plain decoder cache this hook extends
-        llm_length = cache.layers[0].max_cache_len  # transformers' own, after its longest-so-far rule
-        stream_length = self.model.embedding_stream_length(llm_length, model_kwargs.get("pixel_values"))
-        # The `pre` stream shares the LLM's 4-D decoding mask, so it takes the LLM's length exactly.
-        if self.config.embedding_config.pixel_shuffle_loc == "post":
-            stream_length = max(stream_length, getattr(self, "_previous_max_stream_cache_length", -1))
-            self._previous_max_stream_cache_length = stream_length
-        return self.model.add_embedding_cache_layers(cache, stream_length)
+        return self.model.embedding_model.cache_layout.add_static_layers(cache, model_kwargs.get("pixel_values"))
 
     def _expand_inputs_for_generation(
         self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs
@@ -869,7 +936,6 @@ class HoVLEForConditionalGeneration(HoVLEChatMixin, HoVLEPreTrainedModel, Genera
             loss, which goes through `self.loss_function` so the Trainer's `num_items_in_batch` is honoured.
         logits_to_keep: compute logits for the last N positions only (0 = all), as in transformers' LMs.
         """
-        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,

@@ -5,9 +5,14 @@
   then the image is resized bicubically to the grid and cut row by row, a thumbnail is added when there is more
   than one tile, and transformers' `GotOcr2ImageProcessorPil` rescales and normalises the tiles; the test suite
   proves it against an independent PIL + numpy implementation.
-* Each `<image>` in the text becomes `<img>` + `<IMG_CONTEXT>` x (tokens per tile x tiles) + `</img>`; text with
-  images but no `<image>` gets them prepended the way the original `chat()` did (`<image>\\n`, or
-  `Image-1: <image>\\nImage-2: <image>\\n...`).
+* The processor owns the prompt: BOS, placeholders, image blocks and image-token counts are decided here, once, and
+  `chat()`, the training collators, `hovle train`'s checks, lmms-eval and the vLLM plugin call it. Each `<image>`
+  placeholder (`image_placeholder`) becomes the image's `image_block`: `<img>` + `<IMG_CONTEXT>` (`image_token`) x
+  (tokens per tile x tiles) + `</img>`; `_get_num_multimodal_tokens` counts those blocks for an image size (as
+  transformers' processors do for vLLM). Text with images but no `<image>` gets them prepended the way the original
+  `chat()` did (`add_missing_placeholders`: `<image>\\n`, or `Image-1: <image>\\nImage-2: <image>\\n...`), as the
+  chat template writes image items. A prompt gets one BOS (`tokenize_prompts`): from the text when it starts with it
+  (a rendered template), else from the tokenizer. Keyword arguments are merged by transformers' `_merge_kwargs`.
 * Images are opened defensively: EXIF orientation applied, every mode converted to RGB, and unreadable files
   (truncated, empty, not an image, over PIL's decompression-bomb limit) raise a `ValueError` naming the file.
 * User text and control tokens, one policy: in chat MESSAGES the text is data. A control token (`<|im_start|>`,
@@ -23,8 +28,6 @@
   `{% generation %}` blocks (`encode_chats_with_reply_mask`), whatever the user typed.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import re
@@ -33,12 +36,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.utils.chat_template_utils import render_jinja_template
 
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_START, IMAGE_END, IMAGE_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 END_OF_TURN = "<|im_end|>"
+# InternVL's tile normalisation (ImageNet's statistics).
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
 DEFAULT_SYSTEM_MESSAGE = (
     "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
 )
@@ -50,7 +56,7 @@ DEFAULT_SYSTEM_MESSAGE = (
 # The rendered text starts with the tokenizer's BOS, as InternLM2-chat's own template does: the release's prompts
 # begin with it, and chat clients that tokenize a rendered conversation without special tokens (vLLM's
 # `/v1/chat/completions`, `tokenizer.apply_chat_template(tokenize=True)`) rely on the template for it. This
-# processor then adds no second one (`bos_already_in`).
+# processor then adds no second one (`HoVLEProcessor.tokenize_prompts`).
 CHAT_TEMPLATE = (
     "{{- bos_token -}}"
     "{%- set default_system = '" + DEFAULT_SYSTEM_MESSAGE + "' -%}"
@@ -215,28 +221,6 @@ def tokenize_texts(tokenizer, texts: list[str], **kwargs):
     return padded
 
 
-def image_token_block(num_tiles: int, tokens_per_tile: int) -> str:
-    return IMAGE_START + IMAGE_CONTEXT * (tokens_per_tile * num_tiles) + IMAGE_END
-
-
-def expand_image_placeholders(text: str, num_tiles: list[int], tokens_per_tile: int) -> str:
-    """Replace the `<image>` placeholders of `text`, in order, by each image's token block."""
-    found = without_marked_text(text).count(IMAGE_PLACEHOLDER)
-    if found != len(num_tiles):
-        raise ValueError(
-            f"The text has {found} {IMAGE_PLACEHOLDER} placeholders but {len(num_tiles)} images were given"
-        )
-    tiles = iter(num_tiles)
-    # A marked `<image>` is text a user typed: it stays as it is.
-    pattern = f"{_MARKED.pattern}|{re.escape(IMAGE_PLACEHOLDER)}"
-    return re.sub(
-        pattern,
-        lambda match: match.group() if match.group(1) is not None else image_token_block(next(tiles), tokens_per_tile),
-        text,
-        flags=re.DOTALL,
-    )
-
-
 # The most tiles one image may become. The release's LLM reads 32,768 positions and every tile (and the thumbnail
 # on top) takes 256 of them, so 127 tiles + thumbnail already fill the whole context: a larger grid could never be
 # read, and tiling it would only cost time and memory (one request could stall a server).
@@ -381,6 +365,14 @@ def add_missing_placeholders(text: str, num_images: int) -> str:
     return "".join(f"Image-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(num_images)) + text
 
 
+def count_placeholders(messages: list[dict]) -> int:
+    """The `<image>` placeholders the chat template writes for `messages` when a typed `<image>` is one (the
+    training data format, `typed_placeholders`): each image item (those of a leading system message excepted, whose
+    text alone the template keeps) and each `<image>` typed in a text."""
+    prompts, _ = render_jinja_template(conversations=[messages], chat_template=CHAT_TEMPLATE, bos_token="")
+    return prompts[0].count(IMAGE_PLACEHOLDER)
+
+
 def image_from_array(array: np.ndarray) -> Image.Image:
     """A PIL image from an (H, W), (H, W, C) or (C, H, W) array with 1, 3 or 4 channels: uint8 as is, uint16 scaled
     from its full range (/257, as 16-bit PIL images are), other integers when they lie in 0..255, floats in [0, 1]
@@ -473,6 +465,29 @@ def _spans_after_expansion(prompt: str, expanded: str, spans) -> list[tuple[int,
     return [(moved(start), moved(end)) for start, end in spans]
 
 
+class HoVLEImagesKwargs(ImagesKwargs, total=False):
+    """Image options of `HoVLEProcessor`: `max_tiles` (InternVL's budget; `max_patches`, `min_patches` and
+    `crop_to_patches` come from the image processor's own options)."""
+
+    # Typed loosely on purpose: `check_max_tiles` refuses a wrong value with a message naming the setting.
+    max_tiles: Any
+
+
+class HoVLEProcessorKwargs(ProcessingKwargs, total=False):
+    """The keyword arguments `HoVLEProcessor.__call__` takes, merged by transformers' `ProcessorMixin._merge_kwargs`
+    (flat, or under `text_kwargs` / `images_kwargs`)."""
+
+    images_kwargs: HoVLEImagesKwargs
+    _defaults = {"text_kwargs": {"padding_side": "left", "return_attention_mask": True}}
+
+
+def _tiling_options(images_kwargs: dict) -> tuple[int | None, dict]:
+    """(max_tiles, the other tiling options) from merged image options: `max_patches`, the image processor's name
+    for the budget, wins over `max_tiles`; only `min_patches` and `crop_to_patches` reach the tiling besides."""
+    max_tiles = images_kwargs.get("max_patches", images_kwargs.get("max_tiles"))
+    return max_tiles, {key: images_kwargs[key] for key in ("min_patches", "crop_to_patches") if key in images_kwargs}
+
+
 class HoVLEProcessor(ProcessorMixin):
     r"""
     Turns images and text (or chat messages, through `apply_chat_template`) into HoVLE's inputs:
@@ -485,12 +500,99 @@ class HoVLEProcessor(ProcessorMixin):
         chat_template: the `internlm2-chat` template by default.
     """
 
-    image_token = IMAGE_PLACEHOLDER
+    # transformers' naming (as `InternVLProcessor`): `image_token` is the token each image feature fills, between the
+    # start and end image tokens; `image_placeholder` is what a prompt writes where an image goes (the release's).
+    image_token = IMAGE_CONTEXT
+    start_image_token, end_image_token = IMAGE_START, IMAGE_END
+    image_placeholder = IMAGE_PLACEHOLDER
+    valid_processor_kwargs = HoVLEProcessorKwargs
 
     def __init__(self, image_processor=None, tokenizer=None, tokens_per_tile: int = 256, chat_template=None, **kwargs):
         super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
         self.tokens_per_tile = tokens_per_tile
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_CONTEXT)
+        self.start_image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_START)
+        self.end_image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_END)
+
+    def image_block(self, num_tiles: int) -> str:
+        """The text one image of `num_tiles` tiles (the thumbnail included) stands for in a prompt: `<img>`, then
+        `<IMG_CONTEXT>` x (`tokens_per_tile` x `num_tiles`), then `</img>`."""
+        return IMAGE_START + IMAGE_CONTEXT * (self.tokens_per_tile * num_tiles) + IMAGE_END
+
+    def image_block_ids(self, num_tiles: int) -> list[int]:
+        """The token ids of `image_block(num_tiles)` (the same block, without tokenizing it)."""
+        return [
+            self.start_image_token_id,
+            *[self.image_token_id] * (self.tokens_per_tile * num_tiles),
+            self.end_image_token_id,
+        ]
+
+    def expand_placeholders(self, text: str, num_tiles: list[int], keep_extra: bool = False) -> str:
+        """`text` with its `<image>` placeholders replaced, in order, by the `image_block` of each image's tile count.
+        A marked `<image>` (typed by a user in a chat message) is text and stays. The placeholders must match the
+        images; with `keep_extra` the images fill the first ones and those left over stay plain text (the release's
+        `chat()` with a history)."""
+        found = without_marked_text(text).count(IMAGE_PLACEHOLDER)
+        if found < len(num_tiles) or (found > len(num_tiles) and not keep_extra):
+            raise ValueError(
+                f"The text has {found} {IMAGE_PLACEHOLDER} placeholders but {len(num_tiles)} images were given"
+            )
+        tiles = iter(num_tiles)
+
+        def replace(match: re.Match) -> str:
+            count = next(tiles, None) if match.group(1) is None else None
+            return match.group() if count is None else self.image_block(count)
+
+        return re.sub(f"{_MARKED.pattern}|{re.escape(IMAGE_PLACEHOLDER)}", replace, text, flags=re.DOTALL)
+
+    def render_chats(
+        self, conversations: list[list[dict]], typed_placeholders: bool = False, **template_kwargs
+    ) -> tuple[list[str], list]:
+        """(prompts, generation spans) of chats rendered with this processor's template (transformers'
+        `render_jinja_template`; `add_generation_prompt`, `return_assistant_tokens_mask`... pass through). Control
+        tokens typed in the messages are marked as text; a typed `<image>` too, unless `typed_placeholders` (the
+        release's `chat()` questions and the training data format count it as a placeholder)."""
+        tokens = chat_control_tokens(self.tokenizer, placeholder=not typed_placeholders)
+        return render_jinja_template(
+            conversations=[mark_user_text(list(chat), tokens) for chat in conversations],
+            chat_template=self.chat_template,
+            **self.tokenizer.special_tokens_map,
+            **template_kwargs,
+        )
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """transformers' (and vLLM's) count of the prompt tokens images take: per image of `(height, width)` in
+        `image_sizes`, `num_image_patches` (its tiles, the thumbnail included) and `num_image_tokens` (the tokens of
+        its whole `image_block`, `<img>` and `</img>` included). `max_tiles` (or `max_patches`), `min_patches` and
+        `crop_to_patches` apply as in `__call__`, flat or under `images_kwargs`."""
+        if image_sizes is None:
+            return MultiModalData()
+        images_kwargs = self._merge_kwargs(HoVLEProcessorKwargs, **kwargs)["images_kwargs"]
+        max_tiles, image_kwargs = _tiling_options(images_kwargs)
+        tiles = [self.num_tiles(width, height, max_tiles, **image_kwargs) for height, width in image_sizes]
+        return MultiModalData(
+            num_image_tokens=[len(self.image_block_ids(count)) for count in tiles], num_image_patches=tiles
+        )
+
+    @classmethod
+    def from_model_config(cls, tokenizer, config) -> "HoVLEProcessor":
+        """The processor for a HoVLE model config and its tokenizer: InternVL tiling through transformers' GotOcr2 PIL
+        image processor (tile size, dynamic tiling and tile limits from the config, ImageNet mean/std) and the
+        release's chat template. The tokenizer is not modified."""
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+        side = config.embedding_config.image_size
+        image_processor = GotOcr2ImageProcessorPil(
+            size={"height": side, "width": side},
+            # The source config's tiling: dynamic tiles, or the whole image as one tile (`dynamic_image_size=false`).
+            crop_to_patches=config.dynamic_image_size,
+            min_patches=config.min_dynamic_patch,
+            max_patches=config.max_dynamic_patch,
+            image_mean=IMAGENET_MEAN,
+            image_std=IMAGENET_STD,
+            do_convert_rgb=True,
+        )
+        return cls(image_processor=image_processor, tokenizer=tokenizer, tokens_per_tile=config.tokens_per_tile)
 
     @property
     def model_input_names(self) -> list[str]:
@@ -519,36 +621,36 @@ class HoVLEProcessor(ProcessorMixin):
             start += count
         return grouped
 
-    def __call__(self, images=None, text=None, max_tiles: int | None = None, **kwargs) -> BatchFeature:
+    def __call__(self, images=None, text=None, **kwargs: Unpack[HoVLEProcessorKwargs]) -> BatchFeature:
         r"""
         images: one image, a list (matched to the `<image>` placeholders in order) or one list per text.
         text: a string or a list of strings (chat-template output or raw text).
         max_tiles: the most tiles per image (6 by default; the thumbnail comes on top). `max_patches`, the name
             transformers' image processor gives it, is accepted too.
-        Other keyword arguments go to the tokenizer (`padding`, `return_tensors`, ...).
+        Other keyword arguments go to the tokenizer (`padding`, `return_tensors`, ...), flat or under
+        `text_kwargs` / `images_kwargs`, as transformers' processors take them (`_merge_kwargs`).
         """
         if text is None:
             raise ValueError("HoVLEProcessor needs text (use apply_chat_template for chat messages)")
         if not isinstance(text, str) and len(text) == 0:
             raise ValueError("HoVLEProcessor got an empty batch: pass at least one text")
-        return_tensors = kwargs.pop("return_tensors", None)
-        for key in ("images_kwargs", "text_kwargs", "processor_kwargs"):
-            kwargs.update(kwargs.pop(key, None) or {})
-        max_tiles = kwargs.pop("max_patches", max_tiles)
-        image_kwargs = {key: kwargs.pop(key) for key in ("min_patches", "crop_to_patches") if key in kwargs}
+        kwargs.update(kwargs.pop("processor_kwargs", None) or {})  # how some transformers versions hand them over
+        merged = self._merge_kwargs(HoVLEProcessorKwargs, **kwargs)
+        text_kwargs = merged["text_kwargs"]
+        return_tensors = text_kwargs.pop("return_tensors", None)
+        max_tiles, image_kwargs = _tiling_options(merged["images_kwargs"])
         expanded, pixel_values = self.expand_texts(text, images, max_tiles=max_tiles, **image_kwargs)
-
-        if bos_already_in(self.tokenizer, expanded):
-            kwargs.setdefault("add_special_tokens", False)
-        kwargs.setdefault("padding", len(expanded) > 1)
-        kwargs.setdefault("padding_side", "left")
-        kwargs.setdefault("return_attention_mask", True)
-        data = dict(self._tokenize(expanded, **kwargs))
+        text_kwargs.setdefault("padding", len(expanded) > 1)
+        data = dict(self.tokenize_prompts(expanded, **text_kwargs))
         if pixel_values is not None:
             data["pixel_values"] = pixel_values
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _tokenize(self, texts: list[str], **kwargs):
+    def tokenize_prompts(self, texts: list[str], **kwargs):
+        """The one tokenization of prompts: the BOS comes from the text when the text starts with it (a rendered chat
+        template), else from the tokenizer (`add_special_tokens`), never twice."""
+        if bos_already_in(self.tokenizer, texts):
+            kwargs.setdefault("add_special_tokens", False)
         return tokenize_texts(self.tokenizer, texts, **kwargs)
 
     def apply_chat_template(self, conversation, *args, **kwargs):
@@ -575,22 +677,16 @@ class HoVLEProcessor(ProcessorMixin):
         their closing `<|im_end|>` are marked, whatever the user text contains (quoted chat markup included).
         Control tokens typed in the messages are text; `<image>` typed there is a placeholder only with
         `typed_placeholders` (the training data format, which `hovle train`'s data check counts that way)."""
-        tokens = chat_control_tokens(self.tokenizer, placeholder=not typed_placeholders)
-        conversations = [mark_user_text(list(chat), tokens) for chat in conversations]
-        prompts, generation_spans = render_jinja_template(
-            conversations=conversations,
-            chat_template=self.chat_template,
-            return_assistant_tokens_mask=True,
-            **self.tokenizer.special_tokens_map,
+        prompts, generation_spans = self.render_chats(
+            conversations, typed_placeholders=typed_placeholders, return_assistant_tokens_mask=True
         )
         per_text = images if images is not None else [[] for _ in prompts]
         expanded, pixel_values = self.expand_texts(prompts, per_text, max_tiles=max_tiles)
-        encoded = self._tokenize(
+        encoded = self.tokenize_prompts(
             expanded,
             padding=True,
             padding_side="left",
             return_offsets_mapping=True,
-            add_special_tokens=not bos_already_in(self.tokenizer, expanded),
         )
         masks = []
         for row, (prompt, text) in enumerate(zip(prompts, expanded, strict=True)):
@@ -626,8 +722,20 @@ class HoVLEProcessor(ProcessorMixin):
             sample_text = add_missing_placeholders(sample_text, len(sample_images))
             tiles = [self.tile_image(image, max_tiles=max_tiles, **image_kwargs) for image in sample_images]
             pixel_values += tiles
-            expanded.append(expand_image_placeholders(sample_text, [len(t) for t in tiles], self.tokens_per_tile))
+            expanded.append(self.expand_placeholders(sample_text, [len(t) for t in tiles]))
         return expanded, (np.concatenate(pixel_values) if pixel_values else None)
+
+    def encode_image_blocks(self, images: list, max_tiles: int | None = None) -> BatchFeature:
+        """Each image alone as its `image_block` (no BOS, no text), left padded: `input_ids`, `attention_mask` and
+        `pixel_values` as tensors, what stage-I distillation feeds the embedding module."""
+        return self(
+            images=[[image] for image in images],
+            text=[IMAGE_PLACEHOLDER] * len(images),
+            max_tiles=max_tiles,
+            padding=True,
+            add_special_tokens=False,  # an image block alone: nothing the LLM reads as the start of a text
+            return_tensors="pt",
+        )
 
     def tile_image(self, image, max_tiles: int | None = None, **image_kwargs) -> np.ndarray:
         """One image (anything `open_image` takes) -> its normalised tiles, (tiles, 3, H, W) float32, the thumbnail
@@ -698,6 +806,14 @@ class HoVLEProcessor(ProcessorMixin):
         return texts[0] if single else texts
 
 
+def build_processor(tokenizer, config) -> HoVLEProcessor:
+    """The processor a converted folder saves (`HoVLEProcessor.from_model_config`), with the chat template also set
+    on the tokenizer: clients that read only the tokenizer (vLLM's chat endpoint, `tokenizer.apply_chat_template`)
+    render the release's prompts too."""
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return HoVLEProcessor.from_model_config(tokenizer, config)
+
+
 __all__ = [
     "CHAT_TEMPLATE",
     "DEFAULT_SYSTEM_MESSAGE",
@@ -705,6 +821,6 @@ __all__ = [
     "add_missing_placeholders",
     "bos_already_in",
     "decode_reply",
-    "expand_image_placeholders",
+    "build_processor",
     "open_image",
 ]

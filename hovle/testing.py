@@ -86,6 +86,23 @@ def tiny_config_real_vocab(pixel_shuffle_loc: str = "pre", **overrides) -> HoVLE
     return config
 
 
+def tiny_internvl_teacher(hidden: int = 64) -> torch.nn.Module:
+    """A tiny native transformers `InternVLModel`, random: a stage-1 distillation teacher for `tiny_config` models
+    (56 px tiles -> 4 image tokens of width `hidden`; 64 is the tiny LLM's width)."""
+    from transformers import InternVLConfig, InternVLModel
+
+    # One layer per stack: the teacher only has to give features of the right count and width.
+    vision = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, image_size=56, patch_size=14)
+    text = dict(model_type="qwen2", hidden_size=hidden, num_attention_heads=4, num_key_value_heads=2, vocab_size=1024)
+    config = InternVLConfig(
+        vision_config={**vision, "num_hidden_layers": 1},
+        text_config={**text, "num_hidden_layers": 1, "intermediate_size": 128},
+        downsample_ratio=0.5,
+    )
+    torch.manual_seed(0)
+    return InternVLModel(config).eval()
+
+
 def random_original_state_dict(config: HoVLEConfig, seed: int = 0, std: float = 0.5) -> dict[str, torch.Tensor]:
     """Every original-layout tensor for `config`, random (norm weights included, as in the golden fixture)."""
     generator = torch.Generator().manual_seed(seed)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hovle.conversion.tokenizer import build_processor, convert_tokenizer
-from hovle.processing_hovle import DEFAULT_SYSTEM_MESSAGE
+from hovle.conversion.tokenizer import convert_tokenizer
+from hovle.processing_hovle import DEFAULT_SYSTEM_MESSAGE, build_processor
 from hovle.testing import reference_pixel_values, tiny_config, write_tiny_tokenizer
 
 SIZES = [
@@ -200,3 +200,48 @@ def test_exif_orientation_is_applied(processor, tmp_path):
     got = processor(images=path, text="<image>", return_tensors="np")["pixel_values"]
     _, expected = reference_pixel_values(expected_image.convert("RGB"))
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+
+
+def test_image_token_names_the_token_image_features_fill(processor):
+    # transformers' convention (InternVLProcessor): `image_token` and `image_token_id` are one token; prompts keep
+    # writing the release's `<image>` (`image_placeholder`).
+    tokenizer = processor.tokenizer
+    assert processor.image_token == "<IMG_CONTEXT>"
+    assert processor.image_token_id == tokenizer.convert_tokens_to_ids(processor.image_token)
+    assert (processor.start_image_token, processor.end_image_token) == ("<img>", "</img>")
+    assert processor.start_image_token_id == tokenizer.convert_tokens_to_ids("<img>")
+    assert processor.end_image_token_id == tokenizer.convert_tokens_to_ids("</img>")
+    assert processor.image_placeholder == "<image>"
+
+
+@pytest.mark.parametrize("num_tiles", [1, 3, 7])
+def test_image_block_text_and_ids_agree(processor, num_tiles):
+    block = processor.image_block(num_tiles)
+    ids = processor.tokenizer(block, add_special_tokens=False)["input_ids"]
+    assert ids == processor.image_block_ids(num_tiles)
+    assert ids.count(processor.image_token_id) == num_tiles * processor.tokens_per_tile
+
+
+@pytest.mark.parametrize("options", [{}, {"max_tiles": 2}, {"images_kwargs": {"max_patches": 12}}, {"max_tiles": 1}])
+def test_num_multimodal_tokens_match_the_processed_prompt(processor, options):
+    sizes = [(448, 448), (300, 800), (10, 10000), (1500, 2000)]  # (width, height)
+    counted = processor._get_num_multimodal_tokens([(h, w) for w, h in sizes], **options)
+    for (width, height), tokens, tiles in zip(sizes, counted.num_image_tokens, counted.num_image_patches, strict=True):
+        got = processor(images=Image.new("RGB", (width, height)), text="<image>", add_special_tokens=False, **options)
+        assert len(got["pixel_values"]) == tiles
+        assert len(got["input_ids"][0]) == tokens  # the whole block, <img> and </img> included
+    assert processor._get_num_multimodal_tokens() == type(counted)()
+
+
+def test_kwargs_by_modality_equal_flat_kwargs(processor):
+    image = Image.new("RGB", (900, 300))
+    flat = processor(images=image, text="<image> hi", max_tiles=3, padding_side="right", return_tensors="np")
+    nested = processor(
+        images=image,
+        text="<image> hi",
+        images_kwargs={"max_tiles": 3},
+        text_kwargs={"padding_side": "right", "return_tensors": "np"},
+    )
+    assert set(flat) == set(nested)
+    for key in flat:
+        np.testing.assert_array_equal(flat[key], nested[key])

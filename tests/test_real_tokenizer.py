@@ -14,8 +14,8 @@ from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from hovle.conversion.checkpoint_io import CheckpointError
 from hovle.conversion.to_transformers import convert
-from hovle.conversion.tokenizer import TOKENIZER_FILES, build_processor, convert_tokenizer, exact_decoding_backend
-from hovle.processing_hovle import DEFAULT_SYSTEM_MESSAGE
+from hovle.conversion.tokenizer import TOKENIZER_FILES, convert_tokenizer, exact_decoding_backend
+from hovle.processing_hovle import DEFAULT_SYSTEM_MESSAGE, build_processor
 from hovle.testing import tiny_config_real_vocab, write_original_checkpoint
 
 RELEASE_TOKENIZER = Path(__file__).parent / "fixtures" / "internlm2"

@@ -120,7 +120,9 @@ def test_reused_static_cache_grows_for_more_tiles_in_post():
         static = greedy(model, ids, None, pixels, cache_implementation="static")
         assert_same_decoding(static, dynamic)
         stream_layer = output_cache(static).layers[model.model.num_text_layers]
-        assert stream_layer.max_cache_len >= model.model.embedding_stream_length(ids.shape[1] + STEPS - 1, pixels)
+        assert stream_layer.max_cache_len >= model.model.embedding_model.cache_layout.stream_length(
+            ids.shape[1] + STEPS - 1, pixels
+        )
 
 
 # -- the compiled decoding step ---------------------------------------------------------------------------------

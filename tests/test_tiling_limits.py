@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hovle.conversion.tokenizer import build_processor, convert_tokenizer
-from hovle.processing_hovle import MAX_TILES_LIMIT, _grids_in_set_order, closest_grid
+from hovle.conversion.tokenizer import convert_tokenizer
+from hovle.processing_hovle import MAX_TILES_LIMIT, _grids_in_set_order, build_processor, closest_grid
 from hovle.testing import closest_grid as reference_closest_grid
 from hovle.testing import tiny_config, write_tiny_tokenizer
 

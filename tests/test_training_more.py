@@ -7,11 +7,12 @@ import peft
 import pytest
 import torch
 from helpers import ListDataset, load_model, samples, train, write_chat_data
-from transformers import AutoModelForImageTextToText, InternVLConfig, InternVLModel, TrainingArguments
+from transformers import AutoModelForImageTextToText, TrainingArguments
 
 from hovle.conversion.checkpoint_io import TensorSource
 from hovle.conversion.to_original import export
 from hovle.conversion.to_transformers import convert
+from hovle.testing import tiny_internvl_teacher
 from hovle.training.collator import HoVLEChatCollator
 from hovle.training.distillation import DistillationCollator, DistillationTrainer, check_teacher, distillation_losses
 from hovle.training.lora import LORA_TARGETS, lora_config, merge_and_save
@@ -57,31 +58,6 @@ def test_lora_trains_merges_and_reloads(tiny_hub_folder, processor, tmp_path):
     scale = adapter_logits.abs().max().item()
     torch.testing.assert_close(merged_logits, adapter_logits, atol=5e-5 * scale, rtol=0)
     assert not any("lora" in k for k in reloaded.state_dict())
-
-
-def tiny_internvl_teacher(hidden: int = 64) -> InternVLModel:
-    config = InternVLConfig(
-        vision_config=dict(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=56,
-            patch_size=14,
-        ),
-        text_config=dict(
-            model_type="qwen2",
-            hidden_size=hidden,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=128,
-            vocab_size=1024,
-        ),
-        downsample_ratio=0.5,
-    )
-    torch.manual_seed(0)
-    return InternVLModel(config).eval()
 
 
 def test_stage1_distillation_with_internvl_teacher(tiny_hub_folder, processor, tmp_path):
@@ -133,7 +109,9 @@ def test_stage1_distillation_with_internvl_teacher(tiny_hub_folder, processor, t
     model.model.embedding_model.save_pretrained(tmp_path / "embedding")
     fresh = load_model(tiny_hub_folder)
     fresh.model.embedding_model = type(fresh.model.embedding_model).from_pretrained(
-        tmp_path / "embedding", cache_layer_offset=fresh.model.num_text_layers
+        tmp_path / "embedding",
+        cache_layer_offset=fresh.model.num_text_layers,
+        image_token_id=fresh.config.image_token_id,
     )
     reloaded = {k: v.item() for k, v in distillation_losses(fresh, teacher, batch).items()}
     assert reloaded == pytest.approx(final, abs=1e-6)

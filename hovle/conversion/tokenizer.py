@@ -35,7 +35,7 @@ from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import import_protobuf
 from transformers.tokenization_utils_base import generate_merges
 
-from ..processing_hovle import exact_decoder
+from ..processing_hovle import build_processor, exact_decoder
 from .checkpoint_io import CheckpointError, read_json_object
 from .config_map import check_setting
 
@@ -241,22 +241,10 @@ def resolve_vocabulary(proto, files: TokenizerFiles, model_vocab_size: int | Non
     return table
 
 
-def build_fast_tokenizer(
-    model_file: str | Path,
-    files: TokenizerFiles | None = None,
-    model_vocab_size: int | None = None,
-    model_max_length: int | None = None,
-    chat_template: str | None = None,
-) -> PreTrainedTokenizerFast:
-    """The fast tokenizer for a sentencepiece `tokenizer.model` and what the release's other files say of it."""
-    model_file = Path(model_file)
-    proto = load_sentencepiece(model_file)
-    files = files if files is not None else TokenizerFiles()
-    table = resolve_vocabulary(proto, files, model_vocab_size)
-    spec, norm = proto.trainer_spec, proto.normalizer_spec
-
+def _piece_names(proto, table: dict[int, TokenEntry]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The fast vocabulary's name per sentencepiece id, and (old name, new name) of the renamed user-defined pieces."""
     names = [piece.piece for piece in proto.pieces]
-    aliases = []  # (old name, new name) of renamed user-defined pieces
+    aliases = []
     for index, piece in enumerate(proto.pieces):
         if index in table and table[index].content != piece.piece:
             if piece.type == USER_DEFINED:
@@ -264,7 +252,12 @@ def build_fast_tokenizer(
             names[index] = table[index].content
         elif _never_emitted(proto, index):
             names[index] = f"<never emitted: piece {index}>"
-    vocab = {name: index for index, name in enumerate(names)}
+    return names, aliases
+
+
+def _bpe_backend(proto, names: list[str], vocab: dict[str, int], aliases: list[tuple[str, str]]) -> Tokenizer:
+    """sentencepiece's BPE as a `tokenizers` backend: model, normaliser and decoder (the release's clean-up last)."""
+    spec, norm = proto.trainer_spec, proto.normalizer_spec
     # Only normal pieces are merged, from normal pieces, ranked by score (sentencepiece's BPE).
     normal = {
         names[i]: p.score for i, p in enumerate(proto.pieces) if p.type == NORMAL and not _never_emitted(proto, i)
@@ -275,7 +268,6 @@ def build_fast_tokenizer(
             vocab=vocab, merges=merges, unk_token=names[spec.unk_id], fuse_unk=True, byte_fallback=spec.byte_fallback
         )
     )
-
     steps = [normalizers.Replace(old, new) for old, new in aliases]
     if norm.precompiled_charsmap:
         steps.append(normalizers.Precompiled(norm.precompiled_charsmap))
@@ -290,10 +282,28 @@ def build_fast_tokenizer(
         + ([decoders.Strip(" ", 1, 0)] if norm.add_dummy_prefix else [])
         + [decoders.Replace(old, new) for old, new in CLEAN_UP_REPLACEMENTS]
     )
-    bos, eos = names[spec.bos_id], names[spec.eos_id]
+    return backend
+
+
+def build_fast_tokenizer(
+    model_file: str | Path,
+    files: TokenizerFiles | None = None,
+    model_vocab_size: int | None = None,
+    model_max_length: int | None = None,
+    chat_template: str | None = None,
+) -> PreTrainedTokenizerFast:
+    """The fast tokenizer for a sentencepiece `tokenizer.model` and what the release's other files say of it."""
+    proto = load_sentencepiece(Path(model_file))
+    files = files if files is not None else TokenizerFiles()
+    table = resolve_vocabulary(proto, files, model_vocab_size)
+    names, aliases = _piece_names(proto, table)
+    vocab = {name: index for index, name in enumerate(names)}
+    backend = _bpe_backend(proto, names, vocab, aliases)
+    bos, eos = names[proto.trainer_spec.bos_id], names[proto.trainer_spec.eos_id]
     prefix = [bos] if files.add_bos_token else []
     suffix = [eos] if files.add_eos_token else []
-    # As the slow tokenizer's `build_inputs_with_special_tokens`: [BOS] A [B] [EOS].
+    # As the slow tokenizer's `build_inputs_with_special_tokens`: [BOS] A [B] [EOS]. (The release's tokenizer adds
+    # the BOS; whether a prompt takes it is the processor's decision, `HoVLEProcessor.tokenize_prompts`.)
     backend.post_processor = processors.TemplateProcessing(
         single=" ".join([*prefix, "$A", *suffix]),
         pair=" ".join([*prefix, "$A", "$B", *suffix]),
@@ -315,6 +325,18 @@ def build_fast_tokenizer(
             for _, entry in sorted(table.items())
         ]
     )
+    return _wrap_backend(backend, files, table, aliased, model_max_length, chat_template)
+
+
+def _wrap_backend(
+    backend: Tokenizer,
+    files: TokenizerFiles,
+    table: dict[int, TokenEntry],
+    aliased: set[str],
+    model_max_length: int | None,
+    chat_template: str | None,
+) -> PreTrainedTokenizerFast:
+    """The transformers tokenizer around a finished backend, its special tokens named, every id checked."""
     special = files.special_tokens
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -324,7 +346,7 @@ def build_fast_tokenizer(
         pad_token=special["pad_token"],
         padding_side="left",
         model_max_length=model_max_length if model_max_length is not None else int(1e30),
-        clean_up_tokenization_spaces=False,  # done by the decoder above, exactly as the release did
+        clean_up_tokenization_spaces=False,  # done by the decoder, exactly as the release did
         chat_template=chat_template,
     )
     extra = [name for name in files.additional_special_tokens if name not in special.values()]
@@ -360,32 +382,6 @@ def convert_tokenizer(
     return build_fast_tokenizer(
         folder / "tokenizer.model", TokenizerFiles.read(folder), model_vocab_size, model_max_length
     )
-
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-def build_processor(tokenizer: PreTrainedTokenizerFast, config):
-    """The HoVLE processor for a converted model: InternVL tiling through transformers' GotOcr2 PIL image
-    processor, configured from the model config (tile size, tile limits)."""
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
-
-    from ..processing_hovle import CHAT_TEMPLATE, HoVLEProcessor
-
-    side = config.embedding_config.image_size
-    image_processor = GotOcr2ImageProcessorPil(
-        size={"height": side, "width": side},
-        # The source config's tiling: dynamic tiles, or the whole image as one tile (`dynamic_image_size=false`).
-        crop_to_patches=config.dynamic_image_size,
-        min_patches=config.min_dynamic_patch,
-        max_patches=config.max_dynamic_patch,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-        do_convert_rgb=True,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return HoVLEProcessor(image_processor=image_processor, tokenizer=tokenizer, tokens_per_tile=config.tokens_per_tile)
 
 
 def tokenizer_for_model(source: Path, config) -> PreTrainedTokenizerFast | None:

@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..loading import load_model_and_processor
-from ..processing_hovle import IMAGE_PLACEHOLDER, decode_reply
+from ..processing_hovle import add_missing_placeholders, decode_reply
 
 DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Task generation settings that generate() takes as they are (others, e.g. `image_aspect_ratio`, are for other
@@ -115,15 +115,16 @@ class HoVLE(lmms):
         return self._device
 
     def prompt(self, context: str, num_images: int) -> str:
-        """The chat-template prompt for one request: its images, then its text, as one user turn."""
-        if num_images and IMAGE_PLACEHOLDER not in context:
-            content: Any = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": context}]
-        else:
-            content = context  # the task placed the images itself (or has none)
-        messages = [{"role": "user", "content": content}]
+        """The chat-template prompt for one request, as the original `chat()` built it: the text as one user turn,
+        the images where it writes `<image>`, else before it (the processor's `add_missing_placeholders`)."""
+        messages = [{"role": "user", "content": add_missing_placeholders(context, num_images)}]
         if self.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # Other control tokens in the task's text stay text; `<image>` is a placeholder when there are images.
+        prompts, _ = self.processor.render_chats(
+            [messages], typed_placeholders=num_images > 0, add_generation_prompt=True
+        )
+        return prompts[0]
 
     def images_of(self, doc_to_visual, doc_id: int, task: str, split: str) -> list[Image.Image]:
         visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual else []

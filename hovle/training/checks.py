@@ -33,7 +33,7 @@ from typing import Any
 
 from ..conversion.output_folder import check_replaceable_output
 from ..conversion.to_transformers import is_converted_folder
-from ..processing_hovle import IMAGE_CONTEXT, IMAGE_END, IMAGE_PLACEHOLDER, IMAGE_START, open_image
+from ..processing_hovle import IMAGE_CONTEXT, IMAGE_END, IMAGE_PLACEHOLDER, IMAGE_START, count_placeholders, open_image
 
 ROLES = ("user", "assistant", "system")
 IMAGE_ITEM_TYPES = ("image", "image_url")
@@ -174,13 +174,9 @@ def _check_chat(where: str, data_file: Path, row: dict) -> None:
         raise TrainingInputError(
             f'{where}: stages 2 and 3 need "messages", a non-empty list of {{"role", "content"}} messages{hint}'
         )
-    placeholders = 0
     for index, message in enumerate(messages):
-        texts, image_items = _message_texts(where, index, message)
-        # The chat template keeps only the text of a leading system message; every other image item is a placeholder.
-        placeholders += image_items if not (index == 0 and message["role"] == "system") else 0
+        texts, _ = _message_texts(where, index, message)
         for text in texts:
-            placeholders += text.count(IMAGE_PLACEHOLDER)
             for token in (IMAGE_CONTEXT, IMAGE_START, IMAGE_END):
                 if token in text:
                     raise TrainingInputError(
@@ -191,6 +187,7 @@ def _check_chat(where: str, data_file: Path, row: dict) -> None:
         raise TrainingInputError(
             f'{where}: no "assistant" message, so nothing would be supervised (training learns the assistant replies)'
         )
+    placeholders = count_placeholders(messages)  # as the processor's template writes them
     images = row.get("images")
     images = [] if images is None else images
     if not isinstance(images, list):
@@ -263,13 +260,13 @@ def check_lengths(
     when a bound (the text plus the most tiles every image could take) does not already fit."""
     path = Path(path)
     tiles = (max_tiles or processor.image_processor.max_patches) + 1  # the thumbnail comes on top of the tiles
-    per_image = tiles * processor.tokens_per_tile + 2  # <img> ... </img>
+    per_image = len(processor.image_block_ids(tiles))
     for number, row in json_lines(path):
         if stage == 1:
             length = len(row.get("text_ids") or [])  # an image line's length is fixed by the tiling
         else:
             text = processor.apply_chat_template(row["messages"], tokenize=False)
-            bound = len(processor.tokenizer(text)["input_ids"]) + len(row.get("images") or []) * per_image
+            bound = len(processor.tokenize_prompts([text])["input_ids"][0]) + len(row.get("images") or []) * per_image
             length = bound if bound <= max_length else sample_length(processor, row, path, max_tiles)
         if length > max_length:
             raise TrainingInputError(

@@ -58,26 +58,18 @@ class DistillationCollator:
         self.max_tiles = max_tiles
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        texts, images, raw_ids = [], [], []
+        images, raw_ids = [], []
         for index, sample in enumerate(samples):
             if "image" in sample:
-                texts.append("<image>")
-                images.append([sample["image"]])
+                images.append(sample["image"])
             elif sample.get("text_ids") is not None and len(sample["text_ids"]) > 0:
                 raw_ids.append(list(sample["text_ids"]))
             else:  # an empty sequence has no position to average over: its loss would be nan
                 name = sample.get("_source") or f"sample {index} of the batch"
                 raise ValueError(f'DistillationCollator: {name} has neither "image" nor non-empty "text_ids"')
         batch: dict[str, torch.Tensor] = {}
-        if texts:
-            inputs = self.processor(
-                images=images,
-                text=texts,
-                max_tiles=self.max_tiles,
-                padding=True,
-                return_tensors="pt",
-                add_special_tokens=False,
-            )
+        if images:  # the processor writes each image's block (and decides it gets no BOS)
+            inputs = self.processor.encode_image_blocks(images, max_tiles=self.max_tiles)
             batch.update(image_input_ids=inputs["input_ids"], image_attention_mask=inputs["attention_mask"])
             batch["pixel_values"] = inputs["pixel_values"]
         if raw_ids:
@@ -98,7 +90,7 @@ def distillation_losses(model, teacher, batch: dict[str, torch.Tensor]) -> dict[
     losses = {}
     if "image_input_ids" in batch:
         ids, mask = batch["image_input_ids"], batch["image_attention_mask"]
-        student = base.holistic_embedding(ids, batch["pixel_values"], mask)
+        student = base.embedding_model(ids, batch["pixel_values"], mask).last_hidden_state
         image_positions = ids == base.config.image_token_id
         with torch.no_grad():
             target = teacher_image_features(teacher, batch["pixel_values"]).reshape(-1, student.shape[-1])
@@ -106,7 +98,7 @@ def distillation_losses(model, teacher, batch: dict[str, torch.Tensor]) -> dict[
         losses["image"] = (1 - F.cosine_similarity(predicted.float(), target.float(), dim=-1)).mean()
     if "text_input_ids" in batch:
         ids, mask = batch["text_input_ids"], batch["text_attention_mask"]
-        student = base.holistic_embedding(ids, None, mask)
+        student = base.embedding_model(ids, None, mask).last_hidden_state
         with torch.no_grad():
             target = base.language_model.get_input_embeddings()(ids)  # the LLM's own token table
         valid = mask.bool()
