@@ -1,9 +1,10 @@
 """HoVLE's multimodal processing for vLLM: tiling, placeholder expansion, profiling inputs.
 
-vLLM tokenizes the prompt itself and then replaces each `<image>` placeholder by
-`<img>` + `<IMG_CONTEXT>` x (256 x tiles) + `</img>`, the block HoVLE's transformers processor writes into the text
-before tokenizing. Images are tiled by that same processor (`HoVLEProcessor.tile_image`: InternVL's dynamic tiling,
-thumbnail, ImageNet normalisation) loaded from the served folder, so both paths give the same pixels and tokens.
+vLLM tokenizes the prompt itself and then replaces each `<image>` placeholder by the image's block
+(`<img>` + `<IMG_CONTEXT>` x (256 x tiles) + `</img>`). The transformers processor loaded from the served folder
+(`HoVLEProcessor`) owns everything about images and their tokens: the tiles (`tile_image`: InternVL's dynamic tiling,
+thumbnail, ImageNet normalisation), how many tokens an image takes (`_get_num_multimodal_tokens`) and the block's ids
+(`image_block_ids`), so both paths give the same pixels and tokens.
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ from vllm.multimodal.processing import (
     PromptReplacement,
     PromptUpdate,
     PromptUpdateDetails,
-    cached_encode,
 )
-from vllm.multimodal.processing.processor import UpdateMode, _plan_prompt_updates_with
 
 from ..conversion.tokenizer import exact_decoding_backend
 from ..processing_hovle import IMAGE_PLACEHOLDER, HoVLEProcessor, check_max_tiles
@@ -61,18 +60,12 @@ class HoVLEProcessingInfo(BaseProcessingInfo):
         """The tokenizer's backend without the release's decoding clean-up (built once: it copies the vocabulary)."""
         return exact_decoding_backend(self.get_tokenizer())
 
-    @property
-    def tokens_per_tile(self) -> int:
-        return self.get_hf_config().tokens_per_tile
-
-    def get_num_tiles(self, *, image_width: int, image_height: int, max_tiles: int | None = None) -> int:
-        """Tiles the processor makes of an image of this size (the thumbnail included)."""
-        return self.get_hf_processor().num_tiles(image_width, image_height, max_tiles)
-
-    def image_token_ids(self, num_tiles: int) -> list[int]:
-        config = self.get_hf_config()
-        context = [config.image_token_id] * (num_tiles * self.tokens_per_tile)
-        return [config.image_start_token_id, *context, config.image_end_token_id]
+    def get_num_image_tokens(self, *, image_width: int, image_height: int, max_tiles: int | None = None) -> dict:
+        """The processor's count for an image of this size: `num_image_patches` (tiles, the thumbnail included) and
+        `num_image_tokens` (its whole block, `<img>` and `</img>` included)."""
+        options = {} if max_tiles is None else {MAX_TILES: max_tiles}
+        counts = self.get_hf_processor()._get_num_multimodal_tokens([(image_height, image_width)], **options)
+        return {key: counts[key][0] for key in ("num_image_patches", "num_image_tokens")}
 
     def get_image_size_with_most_features(self) -> ImageSize:
         """A strip of `max_patches` tiles side by side: the most tiles one image can become (plus the thumbnail).
@@ -84,7 +77,7 @@ class HoVLEProcessingInfo(BaseProcessingInfo):
 
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
         width, height = self.get_image_size_with_most_features()
-        return {"image": len(self.image_token_ids(self.get_num_tiles(image_width=width, image_height=height)))}
+        return {"image": self.get_num_image_tokens(image_width=width, image_height=height)["num_image_tokens"]}
 
 
 class HoVLEDummyInputsBuilder(BaseDummyInputsBuilder[HoVLEProcessingInfo]):
@@ -139,50 +132,33 @@ class HoVLEMultiModalProcessor(BaseMultiModalProcessor[HoVLEProcessingInfo]):
                 num_tiles = int(tiles_per_image[item_idx])
             else:  # items served from vLLM's processor cache: recount from the image's size
                 size = mm_items.get_items("image", ImageProcessorItems).get_image_size(item_idx)
-                num_tiles = self.info.get_num_tiles(
+                num_tiles = self.info.get_num_image_tokens(
                     image_width=size.width,
                     image_height=size.height,
                     max_tiles=self.info.max_tiles(hf_processor_mm_kwargs),
-                )
+                )["num_image_patches"]
             # Only the <IMG_CONTEXT> positions take image embeddings; <img> and </img> stay text.
-            ids = self.info.image_token_ids(num_tiles)
-            return PromptUpdateDetails.select_token_id(ids, self.info.get_hf_config().image_token_id)
+            return PromptUpdateDetails.select_token_id(processor.image_block_ids(num_tiles), processor.image_token_id)
 
-        placeholder = cached_encode(self.info.get_tokenizer(), IMAGE_PLACEHOLDER, add_special_tokens=False)
-        return [PromptReplacement(modality="image", target=placeholder, replacement=image_block)]
+        processor = self.info.get_hf_processor()
+        marker = [processor.start_image_token_id, processor.end_image_token_id]
+        return [PromptReplacement(modality="image", target=marker, replacement=image_block)]
 
-    def _apply_prompt_updates_via_text(
-        self,
-        token_ids: list[int],
-        mm_prompt_updates,
-        *,
-        encode_segments_separately: bool = False,
-    ):
-        """vLLM's text-space placeholder replacement with an exact decode.
+    def _postprocess_prompt(self, prompt: list[int]) -> list[int]:
+        """The tokenized prompt with each `<image>` as the pair `<img>` `</img>`, which `_get_prompt_updates` fills.
 
         `<image>` is plain text to InternLM2's tokenizer and merges with its neighbours ("\\n<image>\\n" ->
-        `<`, `image`, `>\\n`), so vLLM's token matching misses it and it falls back to decoding the prompt, editing
-        the text and encoding it again. The tokenizer's own decoder applies the release's clean-up (" ." -> "."),
-        which would change the prompt; this is the same procedure with a decoder that returns the encoded text
-        exactly (vLLM 0.32's `BaseMultiModalProcessor._apply_prompt_updates_via_text`, otherwise unchanged).
-        """
-        tokenizer = self.info.get_tokenizer()
-        exact = self.info.exact_decoder
-        prompt_text = exact.decode(token_ids, skip_special_tokens=False)
-        matched_updates, result = _plan_prompt_updates_with(
-            mm_prompt_updates,
-            lambda update, start_idx: self._iter_text_matches(update, prompt_text, tokenizer, start_idx=start_idx),
-        )
-        pieces, previous_end = [], 0
-        for matched in matched_updates:
-            update, match = matched.update, matched.match
-            insert_at = match.end_idx if update.mode == UpdateMode.INSERT else match.start_idx
-            pieces.append(prompt_text[previous_end:insert_at])
-            pieces.append(exact.decode(update.content.full, skip_special_tokens=False))
-            previous_end = match.end_idx
-        pieces.append(prompt_text[previous_end:])
-        if encode_segments_separately:
-            new_token_ids = [i for text in pieces for i in tokenizer.encode(text, add_special_tokens=False)]
-        else:
-            new_token_ids = tokenizer.encode("".join(pieces), add_special_tokens=False)
-        return new_token_ids, result
+        `<`, `image`, `>\\n`), so vLLM cannot find it among the tokens and would fall back to its private text-space
+        replacement, which decodes with the tokenizer's clean-up (" ." -> ".") and so would change the prompt. This
+        is vLLM's hook for a prompt the HF processor transforms: the text is decoded exactly and encoded again with
+        each placeholder written as `<img></img>`. `<img>` and `</img>` are special tokens, so the text around them
+        is split there exactly as in the transformers processor's expanded text, and vLLM's token matching then
+        puts the whole block between them: the ids equal the transformers processor's. A placeholder beyond the
+        request's images stays as that empty pair (the transformers processor refuses such a prompt; this hook does not
+        see the images)."""
+        processor = self.info.get_hf_processor()
+        text = self.info.exact_decoder.decode(prompt, skip_special_tokens=False)
+        if IMAGE_PLACEHOLDER not in text:
+            return prompt
+        marker = processor.start_image_token + processor.end_image_token
+        return self.info.get_tokenizer().encode(text.replace(IMAGE_PLACEHOLDER, marker), add_special_tokens=False)

@@ -59,3 +59,21 @@ def test_tile_budget_above_limit_is_refused(served_folder, strip_image, server_k
     with pytest.raises(ValueError, match=message):
         processor = processor_for(served_folder, mm_processor_kwargs=server_kwargs)
         processor._call_hf_processor({"images": [strip_image]}, request_kwargs)
+
+
+@pytest.mark.parametrize("max_tiles", [None, 1])
+def test_prompt_ids_equal_the_transformers_processor(served_folder, strip_image, max_tiles):
+    """vLLM's placeholder expansion (on the tokenized prompt) gives the transformers processor's ids, with the text
+    around `<image>` (which merges with its neighbours) and the release's decoding clean-up (" ." -> ".") kept."""
+    from hovle.processing_hovle import HoVLEProcessor
+
+    processor = processor_for(served_folder)
+    prompt = "Image-1: <image>\nImage-2: <image>\nWhich is brighter ? Answer . Now ."
+    options = {} if max_tiles is None else {"max_tiles": max_tiles}
+    images = [strip_image, strip_image.resize((448, 448))]
+    out = processor(prompt, processor.info.parse_mm_data({"image": images}), hf_processor_mm_kwargs=options)
+    expected = HoVLEProcessor.from_pretrained(served_folder)(text=prompt, images=images, **options)["input_ids"]
+    assert out["prompt_token_ids"] == expected[0]
+    blocks = [(r.offset, r.length) for r in out["mm_placeholders"]["image"]]
+    tiles = [1 if max_tiles == 1 else 4, 1]
+    assert [length for _, length in blocks] == [256 * count + 2 for count in tiles]
