@@ -2,7 +2,9 @@
 
 The model, configuration, processor and chat layer are also what a converted Hub folder ships as remote code.
 Submodules: `conversion` (original checkpoint <-> transformers folder), `training` (the paper's three stages),
-`cpu_decoding`, `quantization`, `testing` (offline fixtures), `cli` (the `hovle` command).
+`cpu_decoding`, `quantization`, `testing` (offline fixtures), `cli` (the `hovle` command), `commands` (what the
+commands share: user errors, device and dtype choice, `load_for_inference`), `default_model` (the tiny untrained
+model the commands run without `--model`).
 """
 
 from __future__ import annotations

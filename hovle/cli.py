@@ -19,43 +19,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-
-UNTRAINED_BANNER = (
-    "[hovle] No --model given: using a tiny RANDOM, UNTRAINED model built offline. Its replies are noise.\n"
-    "[hovle] For the real model, convert the release once (hovle convert --input OpenGVLab/HoVLE --output "
-    "./HoVLE-hf) and pass --model ./HoVLE-hf, or the Hub id of a converted copy you pushed."
+from .commands import (
+    UserError,
+    add_trust_remote_code_argument,
+    check_device,
+    load_for_inference,
+    positive_int,
+    tile_budget,
+    to_model,
+    user_errors,
 )
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def tile_budget(text: str) -> int:
-    """`--max-tiles`: a whole number the processor accepts (1..`MAX_TILES_LIMIT`), checked by the processor's rule."""
-    from .processing_hovle import check_max_tiles
-
-    value = positive_int(text)
-    try:
-        check_max_tiles(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return value
-
-
-def status(message: str) -> None:
-    print(f"[hovle] {message}", file=sys.stderr, flush=True)
+from .training.arguments import add_train_arguments
 
 
 # -- arguments of every command (no heavy imports) ----------------------------------------------------------------
@@ -79,14 +57,6 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
         help="CPU: static cache + compiled decoding step (the first reply waits ~1.5 min to compile at full size)",
     )
     add_trust_remote_code_argument(parser)
-
-
-def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="load with the model folder's own Python code instead of this installed package's (runs that code)",
-    )
 
 
 def add_checkpoint_writing_arguments(parser: argparse.ArgumentParser, input_help: str, dtype: str) -> None:
@@ -142,61 +112,6 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_writing_arguments(parser, "transformers-format HoVLE folder or Hub repo id", "float32")
 
 
-TRAIN_DESCRIPTION = (
-    "Fine-tune a converted HoVLE model with the transformers Trainer, one of the paper's three stages: 1 distils "
-    "the embedding module from --teacher on unpaired images and text, 2 trains the embedding module on chat data "
-    "(the LLM frozen), 3 trains everything on chat data. The arguments and every line of --data are checked before "
-    "the model loads; the trained model replaces --output only when training finishes. Several GPUs: torchrun or "
-    "accelerate launch -m hovle.training.train (see hovle.training.train)."
-)
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    # Defaults shown in --help ("%(default)s"): they decide how long a run takes and what it learns.
-    if parser.description is None:
-        parser.description = TRAIN_DESCRIPTION
-    parser.add_argument("--model", required=True, help="converted HoVLE folder or Hub id")
-    parser.add_argument(
-        "--data",
-        required=True,
-        help='JSON lines file: {"messages": [...], "images": [...]} per line (stages 2, 3) or {"image": ...} / '
-        '{"text_ids": [...]} (stage 1); image paths relative to the file',
-    )
-    parser.add_argument(
-        "--stage", type=int, required=True, choices=[1, 2, 3], help="1 distillation, 2 alignment, 3 instruction"
-    )
-    parser.add_argument(
-        "--output", required=True, help="folder for the trained model (not the model folder; empty or absent)"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output when training ends")
-    parser.add_argument("--teacher", help="stage 1 only (required there): teacher model folder or Hub id")
-    parser.add_argument("--lora", choices=["embedding", "text", "both"], help="train LoRA adapters on these stacks")
-    parser.add_argument("--max-steps", type=positive_int, default=100, help="optimizer steps (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=1, help="per device (default: %(default)s)")
-    parser.add_argument(
-        "--grad-accum", type=positive_int, default=1, help="gradient accumulation steps (default: %(default)s)"
-    )
-    parser.add_argument("--lr", type=float, default=2e-5, help="learning rate, constant (default: %(default)s)")
-    parser.add_argument("--optim", default="adamw_torch", help="a transformers optimizer name (default: %(default)s)")
-    parser.add_argument("--max-tiles", type=tile_budget, default=6, help="most tiles per image (default: %(default)s)")
-    parser.add_argument(
-        "--max-length",
-        type=positive_int,
-        help="refuse samples longer than this many tokens, image tokens included (default: the model's context, "
-        "max_position_embeddings)",
-    )
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory")
-    parser.add_argument("--sequential", action="store_true", help="no shuffling (reproducible comparisons)")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 weights and autocast (GPU or CPU)")
-    parser.add_argument(
-        "--cpu",
-        action="store_true",
-        help="train on CPU even with a GPU (the default without one; gloo for multi-process)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    add_trust_remote_code_argument(parser)
-
-
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     # Defined beside the page (hovle.demo imports neither torch nor gradio at the top).
     from .demo import add_arguments
@@ -231,84 +146,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- hovle chat ---------------------------------------------------------------------------------------------------
-def build_default_model(folder: Path) -> Path:
-    """Tiny original-format checkpoint + tokenizer, converted like a real one."""
-    from .conversion.to_transformers import convert
-    from .testing import tiny_config, write_original_checkpoint, write_tiny_tokenizer
-
-    source = write_original_checkpoint(folder / "original", tiny_config("pre"), seed=0)
-    write_tiny_tokenizer(source)
-    return convert(source, folder / "hovle-tiny", dtype="float32", progress=False)
-
-
-def check_device(device: str) -> None:
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-
-
 def run(args: argparse.Namespace) -> None:
     """`hovle chat`."""
-    import torch
     from transformers import TextStreamer
 
-    from .loading import load_model_and_processor
     from .processing_hovle import open_image
 
     check_device(args.device)
     # Decoded before the model loads (minutes at full size), so that an unreadable image is said at once.
-    images = [open_image(path) for path in args.image] or None
-    dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    with tempfile.TemporaryDirectory(prefix="hovle-default-") as scratch:
-        model_path = args.model
-        if model_path is None:
-            print(UNTRAINED_BANNER, file=sys.stderr)
-            model_path = build_default_model(Path(scratch))
-        else:
-            status(f"Loading {model_path} ...")
-        model, processor = load_model_and_processor(model_path, args.trust_remote_code, dtype=dtype)
-    model = model.to(args.device).eval()
-    generate_kwargs = {}
-    if args.int8:
-        from .quantization import quantize_linear_int8
-
-        quantize_linear_int8(model)
-    if model.device.type == "cpu":
-        from .cpu_decoding import fast_cpu_decoding
-
-        generate_kwargs = fast_cpu_decoding(model, compile=args.compile)
-        if args.compile:
-            status("Compiling the decoding step: the reply starts when it is done ...")
-
+    try:
+        images = [open_image(path) for path in args.image] or None
+    except ValueError as error:  # the processor names the file that is not an image
+        raise UserError(str(error)) from None
+    loaded = load_for_inference(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        int8=args.int8,
+        compile=args.compile,
+    )
     content = [{"type": "image"} for _ in args.image] + [{"type": "text", "text": args.question}]
     messages = [{"role": "user", "content": content}]
     if args.system is not None:
         messages.insert(0, {"role": "system", "content": args.system})
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    inputs = processor(images=images, text=prompt, max_tiles=args.max_tiles, return_tensors="pt").to(model.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    processor = loaded.processor
+    try:
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = processor(images=images, text=prompt, max_tiles=args.max_tiles, return_tensors="pt")
+    except ValueError as error:  # the processor's refusal of this prompt and these images: the user's input
+        raise UserError(str(error)) from None
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer, **generate_kwargs)
-
-
-class UserError(ValueError):
-    """A mistake in the command's input, said in one line."""
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean a bad input, not a bug: printed as one line, no traceback."""
-    from .conversion.checkpoint_io import CheckpointError
-    from .loading import LoadError
-
-    return (UserError, LoadError, CheckpointError, ValueError, FileNotFoundError, PermissionError)
+    loaded.model.generate(
+        **to_model(inputs, loaded.model),
+        max_new_tokens=args.max_new_tokens,
+        do_sample=False,
+        streamer=streamer,
+        **loaded.generate_kwargs,
+    )
 
 
 def interruptions() -> type[BaseException]:

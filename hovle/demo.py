@@ -16,25 +16,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .cli import (
-    UNTRAINED_BANNER,
+from .commands import (
     UserError,
     add_trust_remote_code_argument,
-    build_default_model,
-    check_device,
+    load_for_inference,
     positive_int,
     status,
+    to_model,
 )
+from .errors import HoVLEUserError
 
 DEFAULT_MAX_IMAGES = 4
 DEFAULT_MAX_TILES = 6
@@ -51,7 +48,7 @@ UNTRAINED_LABEL = (
 )
 
 
-class DemoError(ValueError):
+class DemoError(HoVLEUserError):
     """A problem with what the user sent (image, number of images, length), shown in the page."""
 
 
@@ -144,10 +141,7 @@ class ChatEngine:
                 f"the model's {self.context_limit}-token context. Start a new conversation, or use fewer images, "
                 "fewer tiles or fewer new tokens."
             )
-        inputs = inputs.to(self.model.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        return inputs
+        return to_model(inputs, self.model)
 
     @staticmethod
     def _readable(message: str, turns: list[Turn]) -> str:
@@ -203,16 +197,6 @@ class ChatEngine:
             yield text
 
 
-def resolve_device(device: str) -> str:
-    """`auto`: CUDA when available, else the CPU; anything else is checked as `hovle chat --device` is."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    check_device(device)
-    return device
-
-
 def load_engine(
     model: str | None = None,
     *,
@@ -222,33 +206,14 @@ def load_engine(
     max_images: int = DEFAULT_MAX_IMAGES,
 ) -> ChatEngine:
     """A `ChatEngine` for a converted folder or Hub id, or for the tiny untrained default when `model` is None."""
-    import torch
-
-    from .loading import load_model_and_processor
-
-    device = resolve_device(device)
-    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    with tempfile.TemporaryDirectory(prefix="hovle-demo-") as scratch:
-        if model is None:
-            print(UNTRAINED_BANNER, file=sys.stderr)
-            path = build_default_model(Path(scratch))
-        else:
-            status(f"Loading {model} ...")
-            path = model
-        loaded, processor = load_model_and_processor(path, trust_remote_code, dtype=torch_dtype)
-    loaded = loaded.to(device).eval()
-    generate_kwargs: dict[str, Any] = {}
-    if loaded.device.type == "cpu":
-        from .cpu_decoding import fast_cpu_decoding
-
-        generate_kwargs = fast_cpu_decoding(loaded)
+    loaded = load_for_inference(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     return ChatEngine(
-        loaded,
-        processor,
+        loaded.model,
+        loaded.processor,
         source=model or "tiny untrained default",
         untrained=model is None,
         max_images=max_images,
-        generate_kwargs=generate_kwargs,
+        generate_kwargs=loaded.generate_kwargs,
     )
 
 

@@ -8,7 +8,10 @@ Auto classes with the folder's code instead, as transformers does it.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+from .errors import HoVLEUserError
 
 
 def register_auto_classes() -> None:
@@ -36,7 +39,7 @@ def register_auto_classes() -> None:
     AutoProcessor.register(HoVLEConfig, HoVLEProcessor)
 
 
-class LoadError(ValueError):
+class LoadError(HoVLEUserError):
     """A model path or Hub id that cannot be loaded, said in one line."""
 
 
@@ -78,6 +81,23 @@ def check_folder_has_processor(folder: Path) -> None:
         )
 
 
+def _load_model(model_class, name: str, model_kwargs: dict):
+    """`model_class.from_pretrained`, with weights that do not fit the folder's config.json (the model file's
+    `WeightsMismatchError`, from the folder's own copy of that file under `trust_remote_code`) as a `LoadError`:
+    the folder is the user's input, the model file cannot import this package's error classes."""
+    mismatch = getattr(sys.modules.get(model_class.__module__), "WeightsMismatchError", ())
+    try:
+        return model_class.from_pretrained(name, **model_kwargs)
+    except mismatch as error:
+        raise LoadError(str(error)) from error
+
+
+def is_missing_source(name: str) -> bool:
+    """Whether a `--model`-style name is neither an existing path nor shaped like a Hub id (`owner/name`): the one
+    rule every command checks a model source by, before anything is downloaded or loaded."""
+    return not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1)
+
+
 def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = False, **model_kwargs):
     """(model, processor) for a converted HoVLE folder or Hub id; `model_kwargs` go to `from_pretrained`."""
     from huggingface_hub.errors import HFValidationError
@@ -87,7 +107,7 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
     from .processing_hovle import HoVLEProcessor
 
     name = str(path)
-    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
+    if is_missing_source(name):
         raise LoadError(f"{name}: no such folder (and not a Hub id of the form owner/name)")
     local = Path(name) if Path(name).is_dir() else None
     if local:
@@ -100,7 +120,7 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
             # this package's classes once they are registered, even with trust_remote_code=True.
             model_class = _folder_class(name, "config.json", "AutoModelForImageTextToText")
             processor_class = _folder_class(name, "processor_config.json", "AutoProcessor")
-            return model_class.from_pretrained(name, **model_kwargs), processor_class.from_pretrained(name)
+            return _load_model(model_class, name, model_kwargs), processor_class.from_pretrained(name)
         register_auto_classes()
         model_type = HoVLEConfig.get_config_dict(name)[0].get("model_type")
         if model_type != HoVLEConfig.model_type:
@@ -113,7 +133,7 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
         if local:
             check_folder_has_processor(local)
         processor = HoVLEProcessor.from_pretrained(name)
-        model = HoVLEForConditionalGeneration.from_pretrained(name, **model_kwargs)
+        model = _load_model(HoVLEForConditionalGeneration, name, model_kwargs)
     except (OSError, HFValidationError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") else ""

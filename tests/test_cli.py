@@ -82,11 +82,11 @@ def refuse_to_load(*args, **kwargs):
 
 @pytest.mark.parametrize("with_model", [True, False])
 def test_chat_checks_images_before_loading_the_model(tmp_path, monkeypatch, capsys, converted_fixture, with_model):
-    import hovle.cli
+    import hovle.default_model
     import hovle.loading
 
     monkeypatch.setattr(hovle.loading, "load_model_and_processor", refuse_to_load)
-    monkeypatch.setattr(hovle.cli, "build_default_model", refuse_to_load)
+    monkeypatch.setattr(hovle.default_model, "build_default_model", refuse_to_load)
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
     model = ["--model", str(converted_fixture)] if with_model else []

@@ -21,10 +21,12 @@ from pathlib import Path, PurePosixPath
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ..errors import HoVLEUserError
+
 logger = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HoVLEUserError):
     """A checkpoint folder that cannot be converted; the message names the file or keys at fault."""
 
 

@@ -30,13 +30,14 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from glob import escape
 from pathlib import Path
 
@@ -72,11 +73,29 @@ def human_size(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def output_bytes(tensors: Iterable[tuple[Sequence[int], int]], margin: int = 0) -> int:
+    """What an output folder needs on disk (the one estimate every writer checks free space with): each tensor's
+    bytes, from its shape and bytes per element, plus `margin` for the small files written beside the weights."""
+    return sum(math.prod(shape) * itemsize for shape, itemsize in tensors) + margin
+
+
+def overlap(output: Path, other: Path) -> str | None:
+    """How an output folder overlaps another path (both resolved): 'is', 'contains', 'lies inside' or None. Writing
+    the output replaces it as a whole, so any overlap with an input would destroy that input."""
+    if output == other:
+        return "is"
+    if output in other.parents:
+        return "contains"
+    if other in output.parents:
+        return "lies inside"
+    return None
+
+
 def check_not_overlapping(destination: Path, inputs: Sequence[Path]) -> None:
     target = destination.resolve()
     for source in inputs:
         source = Path(source).resolve()
-        if target == source or target in source.parents or source in target.parents:
+        if overlap(target, source) is not None:
             raise CheckpointError(
                 f"The output {destination} is, contains or lies inside the input {source}: choose another output folder"
             )

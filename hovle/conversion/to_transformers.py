@@ -41,7 +41,7 @@ from .checkpoint_io import (
 )
 from .config_map import hovle_config_from_original
 from .layout import geometries_from_config, map_original_key, model_state_shapes, original_to_ours, validate_original
-from .output_folder import atomic_output_folder, config_json_matches, interruptions_raise
+from .output_folder import atomic_output_folder, config_json_matches, interruptions_raise, output_bytes
 from .tokenizer import TOKENIZER_FILES, tokenizer_for_model, write_processor_files
 
 logger = logging.getLogger(__name__)
@@ -265,9 +265,8 @@ def is_converted_folder(path: Path) -> bool:
 def planned_bytes(plan: list[tuple[str, tuple[int, ...], torch.dtype]], source: Path) -> int:
     """The bytes a writing plan will take: its tensors, plus the source's small files (config, tokenizer) that
     travel with them, as a margin."""
-    tensors = sum(torch.Size(shape).numel() * dtype.itemsize for _, shape, dtype in plan)
     small = sum(f.stat().st_size for f in source.iterdir() if f.is_file() and f.suffix not in (".safetensors", ".bin"))
-    return tensors + small
+    return output_bytes(((shape, dtype.itemsize) for _, shape, dtype in plan), margin=small)
 
 
 def upload_folder(folder: Path, repo_id: str, private: bool = False) -> None:

@@ -26,10 +26,9 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
 
-from ..loading import load_model_and_processor
+from ..commands import DTYPE_NAMES, UserError, load_for_inference, to_model
 from ..processing_hovle import add_missing_placeholders, decode_reply
 
-DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Task generation settings that generate() takes as they are (others, e.g. `image_aspect_ratio`, are for other
 # models and are ignored).
 GENERATE_KEYS = ("max_new_tokens", "top_p", "top_k", "num_beams", "repetition_penalty", "length_penalty")
@@ -77,22 +76,18 @@ class HoVLE(lmms):
         super().__init__()
         if unused:
             utils.eval_logger.warning(f"hovle: ignoring model_args {sorted(unused)}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
+        if dtype not in DTYPE_NAMES:
+            raise UserError(f"dtype={dtype!r}: use one of {', '.join(DTYPE_NAMES)}")
         self.accelerator = Accelerator()
         if self.accelerator.num_processes > 1:  # data parallel: one model per process, documents split by rank
             device = f"cuda:{self.accelerator.local_process_index}"
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
-        elif device in (None, "", "auto"):
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._device = torch.device(device)
-        model, self.processor = load_model_and_processor(pretrained, trust_remote_code, dtype=DTYPES[dtype])
-        self._model = model.to(self._device).eval()
-        self.generate_kwargs: dict[str, Any] = {}
-        if self._device.type == "cpu":
-            from ..cpu_decoding import fast_cpu_decoding
-
-            self.generate_kwargs = fast_cpu_decoding(self._model)
+        loaded = load_for_inference(
+            pretrained, device=device or "auto", dtype=dtype, trust_remote_code=trust_remote_code, announce=False
+        )
+        self._device = loaded.model.device
+        self._model, self.processor = loaded.model, loaded.processor
+        self.generate_kwargs: dict[str, Any] = loaded.generate_kwargs
         self.batch_size_per_device = int(batch_size)
         self.max_tiles = int(max_tiles)
         self.max_new_tokens = int(max_new_tokens)
@@ -146,9 +141,8 @@ class HoVLE(lmms):
             max_tiles=self.max_tiles,
             padding=True,
             return_tensors="pt",
-        ).to(self._device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
+        )
+        inputs = to_model(inputs, self._model)
         output = self._model.generate(
             **inputs,
             **generate_settings(gen_kwargs, self.max_new_tokens),

@@ -27,17 +27,17 @@ def device_count() -> int:
 def accelerate_config(name: str, num_processes: int | None = None) -> Path:
     """The path of an `accelerate launch --config_file` YAML: one of `ACCELERATE_CONFIGS`, with `num_processes` set
     to `num_processes`, by default this machine's device count (the shipped files leave it out: a fixed count
-    started 8 processes on a 2-core machine without a GPU). The filled copy is written to the temporary folder."""
+    started 8 processes on a 2-core machine without a GPU). The filled copy is a new file in the temporary folder."""
     if name not in ACCELERATE_CONFIGS:
         raise ValueError(f"Unknown accelerate config {name!r}; choose one of {list(ACCELERATE_CONFIGS)}")
     count = device_count() if num_processes is None else num_processes
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"num_processes must be a whole number of at least 1, got {count!r}")
     shipped = Path(__file__).parent / "configs" / f"{name}.yaml"
-    filled = Path(tempfile.gettempdir()) / f"hovle-accelerate-{name}-{count}p-{os.getuid()}.yaml"
     text = shipped.read_text().rstrip("\n") + f"\nnum_processes: {count}\n"
-    if not filled.is_file() or filled.read_text() != text:
-        partial = filled.with_name(f".{filled.name}.{os.getpid()}")
-        partial.write_text(text)
-        partial.replace(filled)  # atomic: concurrent launches never read half a file
-    return filled
+    # A fresh file of its own (mkstemp: unpredictable name, created exclusively, mode 0600): a fixed name in the shared
+    # temporary folder could be created first, or linked elsewhere, by another user.
+    handle, filled = tempfile.mkstemp(prefix=f"hovle-accelerate-{name}-{count}p-", suffix=".yaml")
+    with os.fdopen(handle, "w") as file:
+        file.write(text)
+    return Path(filled)

@@ -31,30 +31,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..conversion.output_folder import check_replaceable_output
+from ..conversion.output_folder import check_replaceable_output, overlap
 from ..conversion.to_transformers import is_converted_folder
+from ..errors import HoVLEUserError
 from ..processing_hovle import IMAGE_CONTEXT, IMAGE_END, IMAGE_PLACEHOLDER, IMAGE_START, count_placeholders, open_image
 
 ROLES = ("user", "assistant", "system")
 IMAGE_ITEM_TYPES = ("image", "image_url")
 
 
-class TrainingInputError(ValueError):
+class TrainingInputError(HoVLEUserError):
     """A `hovle train` argument or data line that cannot be used, said in one line."""
 
 
 # -- output folder ---------------------------------------------------------------------------------------------------
-def _relation(output: Path, other: Path) -> str | None:
-    """How `output` overlaps `other` (both resolved): 'is', 'contains', 'lies inside' or None."""
-    if output == other:
-        return "is"
-    if output in other.parents:
-        return "contains"
-    if other in output.parents:
-        return "lies inside"
-    return None
-
-
 def check_output(
     output: str | os.PathLike,
     model: str | os.PathLike,
@@ -68,13 +58,13 @@ def check_output(
     for label, source in (("the model folder", model), ("the teacher folder", teacher)):
         if source is None or not Path(source).exists():  # a Hub id: nothing local to protect
             continue
-        relation = _relation(target, Path(source).resolve())
+        relation = overlap(target, Path(source).resolve())
         if relation is not None:
             raise TrainingInputError(
                 f"--output {output} {relation} {label} {source}: the trained model would replace its files; "
                 "choose an output folder outside it"
             )
-    if data is not None and Path(data).exists() and target in Path(data).resolve().parents:
+    if data is not None and Path(data).exists() and overlap(target, Path(data).resolve()) == "contains":
         raise TrainingInputError(
             f"--output {output} contains the data file {data}, which the trained model would replace; "
             "choose another output folder"

@@ -38,22 +38,27 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, Trainer, TrainingArguments
 
-from ..cli import add_train_arguments, status, user_errors
+from ..commands import status, user_errors
 from ..conversion.checkpoint_io import NonfiniteCheck, name_keys
-from ..conversion.output_folder import atomic_output_folder, check_free_space
+from ..conversion.output_folder import atomic_output_folder, check_free_space, output_bytes
 from ..conversion.to_transformers import ORIGINAL_TOKENIZER_DIR, copy_remote_code, is_converted_folder
-from ..loading import load_model_and_processor
+from ..loading import is_missing_source, load_model_and_processor
+from .arguments import add_train_arguments
 from .checks import (
     TrainingInputError,
     check_data,
     check_lengths,
     check_output,
     json_lines,
+    resolve_image,
 )
 from .collator import HoVLEChatCollator
 from .compat import CHECKPOINTING_FIELD
 from .distillation import DistillationCollator, DistillationTrainer, check_teacher
 from .stages import apply_stage
+
+# Room for what a trained folder holds beside its weights: the configs, the tokenizer, the remote code.
+COMPANION_BYTES = 64 * 2**20
 
 
 class JsonLinesDataset(torch.utils.data.Dataset):
@@ -74,11 +79,10 @@ class JsonLinesDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         row = dict(self.rows[index])
-        base = self.path.parent
         if "images" in row and row["images"]:  # relative paths are relative to the data file
-            row["images"] = [str(base / p) if not Path(p).is_absolute() else p for p in row["images"]]
-        if "image" in row and not Path(row["image"]).is_absolute():
-            row["image"] = str(base / row["image"])
+            row["images"] = [str(resolve_image(self.path, name)) for name in row["images"]]
+        if "image" in row:
+            row["image"] = str(resolve_image(self.path, row["image"]))
         row["_source"] = f"{self.path.name}:{self.lines[index]}"
         return row
 
@@ -117,7 +121,7 @@ def check_arguments(args: argparse.Namespace) -> dict[str, int]:
         raise TrainingInputError("--lora needs peft, which is not installed: pip install 'hovle[train]'")
     for flag, name in (("--model", args.model), ("--teacher", args.teacher)):
         text = str(name) if name is not None else ""
-        if text and not Path(text).exists() and (text.startswith((".", "/", "~")) or text.count("/") != 1):
+        if text and is_missing_source(text):
             raise TrainingInputError(f"{flag} {text}: no such folder (and not a Hub id of the form owner/name)")
     check_output(args.output, args.model, args.data, args.teacher, getattr(args, "overwrite", False))
     return check_data(args.data, args.stage)
@@ -177,7 +181,7 @@ def _train(args: argparse.Namespace) -> Path | None:
     max_length = args.max_length or model.config.text_config.max_position_embeddings
     flag = "--max-length" if args.max_length else "the model's context (max_position_embeddings)"
     check_lengths(args.data, args.stage, processor, max_length, args.max_tiles, flag)
-    needed = weights_bytes(model)
+    needed = output_bytes(((p.shape, p.element_size()) for p in model.parameters()), margin=COMPANION_BYTES)
     check_free_space(
         args.output, needed, f"--output {args.output}: the trained model"
     )  # before training: a full disk must not cost the trained model
@@ -241,12 +245,6 @@ def save_trained(trainer: Trainer, processor, args: argparse.Namespace, needed: 
             trainer.save_model(str(scratch))
             processor.save_pretrained(scratch)
         keep_folder_companions(args.model, scratch)
-
-
-def weights_bytes(model: torch.nn.Module) -> int:
-    """What the trained model's files need on disk: its weights, plus a margin for the configs, the tokenizer and the
-    remote code."""
-    return sum(p.numel() * p.element_size() for p in model.parameters()) + 64 * 2**20
 
 
 def refuse_nonfinite_weights(trainer: Trainer, output: str) -> None:

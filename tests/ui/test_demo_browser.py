@@ -58,7 +58,7 @@ def browser():
 @pytest.fixture(scope="module")
 def expected_reply(tmp_path_factory):
     """The default model's greedy reply, through the pipeline: built here as `hovle demo` builds it."""
-    from hovle.cli import build_default_model
+    from hovle.default_model import build_default_model
 
     folder = build_default_model(tmp_path_factory.mktemp("default-model"))
     image = Image.radial_gradient("L").convert("RGB").resize((120, 80))
