@@ -57,7 +57,7 @@ def test_bfloat16_output_halves_the_bytes(fixture_dir, converted_fixture, tmp_pa
     card = (bf16 / "README.md").read_text()
     for field in ("pipeline_tag: image-text-to-text", "library_name: transformers", "license: mit"):
         assert field in card
-    # A local source: named as such, no Hub base_model claimed (test_conversion_inputs covers a Hub id).
+    # A local source: named as such, no Hub base_model claimed (test_conversion_refusals covers a Hub id).
     assert "base_model" not in card and "converted from a local checkpoint (original)" in card
 
 

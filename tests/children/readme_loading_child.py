@@ -1,4 +1,4 @@
-"""Child of `tests/test_training_folders.py`, run in a fresh offline process that never imports `hovle` (so no
+"""Child of `tests/test_written_folders_load.py`, run in a fresh offline process that never imports `hovle` (so no
 `register_auto_classes()`: only each folder's `auto_map` and remote code can make it load): the README's snippets
 (`AutoModelForImageTextToText` + `AutoProcessor` with `trust_remote_code=True`, then
 `pipeline("image-text-to-text")`) on every folder given. Prints, per folder, after `REPORT`: the processor's class

@@ -3,7 +3,7 @@ loads, over-long samples (`--max-length`), contradictory options, LoRA without p
 weights are never saved), a full disk (checked before training; ENOSPC while writing), the accelerate configs'
 process count, the `Wrote` line of `torchrun` runs and `hovle train --help`."""
 
-# ruff: noqa: F811 (the fixtures of test_training_inputs, imported by name, are redefined as test arguments)
+# ruff: noqa: F811 (the fixtures of test_training_refusals, imported by name, are redefined as test arguments)
 import errno
 import importlib.util
 import os
@@ -15,7 +15,7 @@ from collections import namedtuple
 import pytest
 import torch
 from helpers import free_port, write_chat_data
-from test_training_inputs import (
+from test_training_refusals import (
     GOOD_CHAT,
     REPLY,
     data_dir,  # noqa: F401 (fixtures)

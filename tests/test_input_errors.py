@@ -191,3 +191,24 @@ def test_cli_user_errors_are_one_line(capsys, monkeypatch, argv, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+
+
+# -- the model's own checks, called directly -----------------------------------------------------------------------
+@pytest.mark.parametrize("loc", ["pre", "post"])
+def test_image_token_count_mismatch_names_both_counts(loc):
+    model = build_model(loc)
+    ids = torch.tensor([image_prompt([5], [2], [6])])  # 8 placeholders
+    with pytest.raises(ValueError, match=r"8 image tokens.*3 image tiles give 12 image features"):
+        model(input_ids=ids, pixel_values=torch.randn(3, 3, 56, 56))
+
+
+def test_image_tokens_without_pixels():
+    model = build_model()
+    with pytest.raises(ValueError, match=r"4 image tokens.*no pixel_values"):
+        model(input_ids=torch.tensor([image_prompt([5], [1], [6])]))
+
+
+def test_wrong_pixel_shape():
+    model = build_model()
+    with pytest.raises(ValueError, match=r"pixel_values must have shape \(tiles, 3, height, width\)"):
+        model(input_ids=torch.tensor([image_prompt([5], [1], [6])]), pixel_values=torch.randn(1, 56, 56))
