@@ -15,7 +15,7 @@ demo: install            ## `hovle chat` on the embedded default: a tiny untrain
 	HF_HUB_OFFLINE=1 $(VENV)/bin/hovle chat --image scripts/sample.png "What is in this picture?"
 	HF_HUB_OFFLINE=1 $(PY) scripts/quickstart.py
 
-test: install            ## the whole suite (a few minutes on 2 cores), transformers' common model tests included
+test: install            ## the whole suite (about 4-6 minutes on 2 cores), transformers' common model tests included
 	scripts/fetch_transformers_tests.sh $(VENV)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from .configuration_hovle import HoVLEConfig
-from .conversion.config_map import original_config_from_hovle
+from .conversion.config_map import image_marker_ids, original_config_from_hovle
 from .conversion.layout import expected_original_shapes
 
 # Same ids as the golden fixture: vocab 1024, <img> 1020, </img> 1021, <IMG_CONTEXT> 1022.
@@ -52,8 +52,7 @@ def tiny_config(pixel_shuffle_loc: str = "pre", **overrides) -> HoVLEConfig:
         embedding_config=embedding,
         text_config=text,
         image_token_id=TINY_IMAGE_TOKEN,
-        image_start_token_id=TINY_IMAGE_TOKEN - 2,
-        image_end_token_id=TINY_IMAGE_TOKEN - 1,
+        **image_marker_ids(TINY_IMAGE_TOKEN),
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,

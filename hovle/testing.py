@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .configuration_hovle import HoVLEConfig
+from .conversion.config_map import image_marker_ids
 from .default_model import (  # noqa: F401 - the fixtures' builders, shared with the default model
     CHAT_PIECES,
     TINY_ADDED_TOKENS,
@@ -43,7 +44,8 @@ def tiny_config_real_vocab(pixel_shuffle_loc: str = "pre", **overrides) -> HoVLE
         **overrides,
     )
     config.image_token_id = INTERNLM2_IMAGE_TOKEN
-    config.image_start_token_id, config.image_end_token_id = INTERNLM2_IMAGE_TOKEN - 2, INTERNLM2_IMAGE_TOKEN - 1
+    for name, value in image_marker_ids(INTERNLM2_IMAGE_TOKEN).items():
+        setattr(config, name, value)
     return config
 
 

@@ -276,6 +276,12 @@ def hovle_config_from_original(original: dict[str, Any]) -> HoVLEConfig:
         raise CheckpointError(f"config.json: {str(error).strip().splitlines()[-1].strip()}") from error
 
 
+def image_marker_ids(image_token_id: int) -> dict[str, int]:
+    """The ids of `<img>` and `</img>`, which the release's config does not name: they sit right before
+    `<IMG_CONTEXT>` in every HoVLE vocabulary (92544/92545/92546), checked against the tokenizer when it is converted."""
+    return {"image_start_token_id": image_token_id - 2, "image_end_token_id": image_token_id - 1}
+
+
 def _hovle_config_from_original(original: dict[str, Any]) -> HoVLEConfig:
     architectures = original.get("architectures")
     if architectures != [ORIGINAL_ARCHITECTURE]:
@@ -326,9 +332,7 @@ def _hovle_config_from_original(original: dict[str, Any]) -> HoVLEConfig:
         embedding_config=embedding_config,
         text_config=text_config,
         image_token_id=image_token_id,
-        # <img> and </img> sit right before <IMG_CONTEXT> in every HoVLE vocabulary (92544/92545/92546).
-        image_start_token_id=image_token_id - 2,
-        image_end_token_id=image_token_id - 1,
+        **image_marker_ids(image_token_id),
         template=values["template"],
         dynamic_image_size=values["dynamic_image_size"],
         use_thumbnail=values["use_thumbnail"],
