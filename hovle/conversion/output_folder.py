@@ -120,6 +120,36 @@ def check_replaceable_output(path: str | os.PathLike, looks_ours: Callable[[Path
         )
 
 
+def check_output_folder(
+    destination: Path,
+    overwrite: bool,
+    looks_ours: Callable[[Path], bool] | None = None,
+    *,
+    label: str | None = None,
+    not_empty_hint: str = " (pass --overwrite to replace it)",
+    error: type[Exception] = CheckpointError,
+) -> None:
+    """What every command that writes a folder refuses before its long work (convert, export, train): a symbolic
+    link, a file, a non-empty folder without `overwrite`, with `looks_ours` a folder this package did not write
+    (`check_replaceable_output`), and a place it cannot write in (the nearest existing folder on the way). `label`
+    names the output in the message (default "The output <destination>"); `not_empty_hint` ends the message about a
+    non-empty folder; `error` is the command's user-error type."""
+    label = label or f"The output {destination}"
+    if destination.is_symlink():
+        raise error(f"{label} is a symbolic link: give the folder itself")
+    if destination.exists() and not destination.is_dir():
+        raise error(f"{label} exists and is not a folder")
+    if _is_nonempty_folder(destination) and not overwrite:
+        raise error(f"{label} exists and is not empty{not_empty_hint}")
+    if overwrite and looks_ours is not None:
+        check_replaceable_output(destination, looks_ours)
+    existing = destination.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise error(f"{label}: cannot write in {existing} (permission denied); choose another output folder")
+
+
 def config_json_matches(path: Path, test: Callable[[dict], bool]) -> bool:
     """Whether `path/config.json` is a JSON object for which `test` holds: the marker `looks_ours` predicates use."""
     config = path / "config.json"
@@ -323,22 +353,13 @@ def atomic_output_folder(
     destination = Path(destination)
     _check_name_length(destination)
     check_not_overlapping(destination, [Path(p) for p in inputs])
-    if destination.is_symlink():
-        raise CheckpointError(f"The output {destination} is a symbolic link: give the folder itself")
-    if destination.exists() and not destination.is_dir():
-        raise CheckpointError(f"The output {destination} exists and is not a folder")
     existed = _is_nonempty_folder(destination)
-    if existed and not overwrite:
-        raise CheckpointError(f"Output folder {destination} exists and is not empty (pass --overwrite to replace it)")
-    if looks_ours is not None:
-        check_replaceable_output(destination, looks_ours)
+    check_output_folder(destination, overwrite, looks_ours)
     parent = destination.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CheckpointError(f"Cannot create the output's parent folder {parent}: {error.strerror}") from error
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CheckpointError(f"Cannot write in {parent} (permission denied): choose another output folder")
     check_free_space(destination, needed_bytes)
     stem = _stem(parent, destination.name)
     signals = _Signals()

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..conversion.output_folder import check_replaceable_output, overlap
+from ..conversion.output_folder import check_output_folder, overlap
 from ..conversion.to_transformers import is_converted_folder
 from ..errors import HoVLEUserError
 from ..processing_hovle import IMAGE_CONTEXT, IMAGE_END, IMAGE_PLACEHOLDER, IMAGE_START, count_placeholders, open_image
@@ -69,22 +69,14 @@ def check_output(
             f"--output {output} contains the data file {data}, which the trained model would replace; "
             "choose another output folder"
         )
-    if output.is_symlink():
-        raise TrainingInputError(f"--output {output} is a symbolic link: give the folder itself")
-    if output.exists() and not output.is_dir():
-        raise TrainingInputError(f"--output {output} exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise TrainingInputError(
-            f"--output {output} exists and is not empty: pass --overwrite to replace its contents when training "
-            "finishes, or choose another folder"
-        )
-    if overwrite:  # only a folder this package wrote is ever replaced (the output-folder owner's rule)
-        check_replaceable_output(output, is_converted_folder)
-    existing = target
-    while not existing.exists():
-        existing = existing.parent
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise TrainingInputError(f"--output {output}: cannot write in {existing} (permission denied)")
+    check_output_folder(
+        output,
+        overwrite,
+        is_converted_folder,
+        label=f"--output {output}",
+        not_empty_hint=": pass --overwrite to replace its contents when training finishes, or choose another folder",
+        error=TrainingInputError,
+    )
 
 
 # -- data file -------------------------------------------------------------------------------------------------------
