@@ -32,10 +32,20 @@ def register_auto_classes() -> None:
     register()
 
 
+def register_release_loading() -> None:
+    """Make transformers' Auto classes load original HoVLE releases (`internvl_chat` with `embedding_config`) as
+    they are, converting the weights while loading. Run by `import hovle`. See `hovle.release_loading`."""
+    from .release_loading import register_release_loading as register
+
+    register()
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [*_LAZY, "__version__", "register_auto_classes"]
+__all__ = [*_LAZY, "__version__", "register_auto_classes", "register_release_loading"]
+
+register_release_loading()

@@ -1,0 +1,111 @@
+"""The original release loads as it is: `import hovle` + transformers' Auto classes, the config built through the
+converter's mapping and the weights converted while loading (`hovle.release_loading`)."""
+
+import json
+
+import pytest
+import torch
+from helpers import load_expected
+from transformers import AutoConfig, AutoModelForImageTextToText
+
+import hovle
+from hovle.conversion.to_transformers import convert
+from hovle.release_loading import HoVLEReleaseConfig, register_release_loading
+from hovle.testing import tiny_config, write_original_checkpoint, write_tiny_tokenizer
+
+RAISING_CODE = "raise RuntimeError('the release code ran')\n"
+
+
+def load(folder, **kwargs):
+    return AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+
+
+@pytest.fixture(scope="module", params=["pre", "post"])
+def release_and_converted(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"release-{request.param}")
+    release = write_original_checkpoint(folder / "release", tiny_config(request.param), seed=3)
+    write_tiny_tokenizer(release)
+    return release, convert(release, folder / "converted", dtype="float32", progress=False)
+
+
+def test_release_folder_loads_with_weights_of_the_converted_folder(release_and_converted):
+    release, converted = release_and_converted
+    hovle.register_auto_classes()
+    direct, reference = load(release), load(converted)
+    assert type(direct.config) is HoVLEReleaseConfig and type(reference.config).__name__ == "HoVLEConfig"
+    ours, theirs = direct.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert [key for key in ours if not torch.equal(ours[key], theirs[key])] == []
+    ids = torch.tensor([[1, 5, 9, 200, 17, 3]])
+    with torch.no_grad():
+        assert torch.equal(direct(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
+def test_golden_fixture_release_reproduces_original_logits(fixture_dir):
+    model = load(fixture_dir / "original")
+    cases, expected = load_expected(fixture_dir)
+    for case in cases:
+        name = case["name"]
+        ids = expected[name + ".input_ids"]
+        extra = {"pixel_values": expected[name + ".pixel_values"]} if case["tiles"] else {}
+        with torch.no_grad():
+            logits = model(input_ids=ids, **extra).logits
+        assert (logits - expected[name + ".logits"]).abs().max().item() <= 1e-4, name
+        greedy = model.generate(input_ids=ids, **extra, max_new_tokens=6, do_sample=False)
+        assert greedy[0, ids.shape[1] :].tolist() == expected[name + ".greedy"][0].tolist(), name
+
+
+def _with_remote_code(folder, code: str, config_class: str = "InternVLChatConfig"):
+    (folder / "configuration_internvl_chat.py").write_text(code)
+    (folder / "modeling_internvl_chat.py").write_text(RAISING_CODE)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": f"configuration_internvl_chat.{config_class}",
+        "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+        "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_trust_remote_code_does_not_run_the_release_code(tmp_path, fixture_dir):
+    release = write_original_checkpoint(tmp_path / "release", tiny_config("pre"), seed=0)
+    _with_remote_code(release, RAISING_CODE)
+    model = load(release, trust_remote_code=True)
+    assert type(model).__name__ == "HoVLEForConditionalGeneration"
+    assert type(AutoConfig.from_pretrained(release, trust_remote_code=True)) is HoVLEReleaseConfig
+
+
+INTERNVL_CONFIG_CODE = """
+from transformers import PretrainedConfig
+
+
+class InternVLChatConfig(PretrainedConfig):
+    model_type = "internvl_chat"
+
+    def __init__(self, vision_config=None, llm_config=None, **kwargs):
+        super().__init__(**kwargs)
+        self.vision_config = vision_config
+        self.llm_config = llm_config
+"""
+
+
+def test_internvl_config_is_not_claimed(tmp_path):
+    folder = tmp_path / "internvl"
+    folder.mkdir()
+    config = {"model_type": "internvl_chat", "architectures": ["InternVLChatModel"], "vision_config": {}}
+    config["llm_config"] = {"architectures": ["InternLM2ForCausalLM"]}
+    (folder / "config.json").write_text(json.dumps(config))
+    _with_remote_code(folder, INTERNVL_CONFIG_CODE)
+    loaded = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    assert type(loaded).__name__ == "InternVLChatConfig" and type(loaded) is not HoVLEReleaseConfig
+    assert loaded.vision_config == {}
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoConfig.from_pretrained(folder)
+
+
+def test_registration_wins_over_a_builtin_conversion_entry(fixture_dir):
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+
+    register_checkpoint_conversion_mapping("internvl_chat", [], overwrite=True)  # a built-in entry landing
+    register_release_loading()
+    load(fixture_dir / "original")  # missing or unknown keys would raise
