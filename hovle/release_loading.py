@@ -129,7 +129,7 @@ def release_weight_conversions() -> list[WeightRenaming | WeightConverter]:
     """The load-time conversion from the release's keys to ours, generated from `conversion/layout.py`'s table."""
 
     def exact(key: str) -> str:
-        return "^" + re.escape(key) + "$"
+        return "^" + re.escape(key)  # no "$": transformers keeps it in the reversed (saving) name
 
     renamings = [WeightRenaming(exact(original), ours) for original, ours in layout._EXACT.items()]
     # Stack prefixes first (`embedding_model.encoder.3.` -> `model.embedding_model.layers.3.`), then the layer suffixes.
@@ -139,11 +139,10 @@ def release_weight_conversions() -> list[WeightRenaming | WeightConverter]:
         renamings.append(WeightRenaming(source, target))
     converters = []
     for original_suffix, ours in layout._LAYER.items():
-        source = r"\." + re.escape(original_suffix) + "$"
         if isinstance(ours, tuple):  # the fused wqkv
             converters.append(WeightConverter(original_suffix, list(ours), operations=[SplitGroupedQKV()]))
         else:
-            renamings.append(WeightRenaming(source, "." + ours))
+            renamings.append(WeightRenaming(original_suffix, ours))
     return [*renamings, *converters]
 
 
