@@ -10,6 +10,9 @@ model the commands run without `--model`).
 from __future__ import annotations
 
 import importlib
+import sys
+
+from .after_import import after_imports, is_being_imported
 
 __version__ = "0.2.0"
 
@@ -48,4 +51,32 @@ def __getattr__(name: str):
 
 __all__ = [*_LAZY, "__version__", "register_auto_classes", "register_release_loading"]
 
-register_release_loading()
+
+def _register_release_config(just_imported: str | None = None) -> bool:
+    """Register HoVLE releases with AutoConfig (True once done) when transformers' auto-config module exists and
+    no module of the registration's import chain is half-imported: `configuration_hovle` and transformers' auto
+    modules import one another, and a class they define may not exist yet; the registration then follows the import
+    that finishes last. (`release_loading` registers at the end of its own import.)"""
+
+    def busy(name: str) -> bool:
+        return name != just_imported and is_being_imported(name)
+
+    if "transformers.models.auto.configuration_auto" not in sys.modules:
+        return False
+    if any(busy(name) for name in list(sys.modules) if _in_registration_chain(name)):
+        return False
+    from .release_loading import register_release_config
+
+    register_release_config()
+    return True
+
+
+def _in_registration_chain(name: str) -> bool:
+    return name.startswith("transformers.models.auto.") or name in (_CONFIGURATION, f"{__name__}.release_loading")
+
+
+# `import hovle` makes AutoConfig (and through the release config, the other Auto classes) load HoVLE releases; the
+# registration runs when transformers' auto modules are imported, so that importing hovle costs no torch.
+_CONFIGURATION = f"{__name__}.configuration_hovle"
+if not _register_release_config():
+    after_imports(_in_registration_chain, _register_release_config)

@@ -15,15 +15,10 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Any
 
-import torch
-from transformers.core_model_loading import ConversionOps, WeightConverter, WeightRenaming
-
 from .configuration_hovle import HoVLEConfig
-from .conversion import layout
 
 RELEASE_MODEL_TYPE = "internvl_chat"
 
@@ -32,6 +27,12 @@ class HoVLEReleaseConfig(HoVLEConfig):
     """`HoVLEConfig` under the release's model type: what `AutoConfig` builds from a release's `config.json`."""
 
     model_type = RELEASE_MODEL_TYPE
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        # Every Auto path builds the config first, so the model classes, the weight conversion, the tokenizer and
+        # the processor are registered here, once: `import hovle` itself stays light (see `hovle.after_import`).
+        _register_release_classes_once()
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs):
@@ -88,73 +89,40 @@ def _not_claimed(config_dict: dict[str, Any], kwargs: dict[str, Any]):
     return config_class.from_pretrained(name, **auto_kwargs)
 
 
-class SplitGroupedQKV(ConversionOps):
-    """InternLM2's fused `wqkv` (rows grouped per KV head: q_0..q_{g-1}, k, v) -> q, k, v; the stack (and so the
-    attention geometry) is read from the tensor's renamed key, the geometry from the model's config."""
-
-    def convert(self, input_dict, source_patterns, target_patterns, **kwargs) -> dict[str, torch.Tensor]:
-        (tensors,) = input_dict.values()
-        wqkv = tensors[0] if isinstance(tensors, list) else tensors
-        geometry = _geometry(kwargs["config"], kwargs["full_layer_name"])
-        return dict(zip(target_patterns, geometry.split_wqkv(wqkv), strict=True))
-
-    @property
-    def reverse_op(self) -> ConversionOps:
-        return FuseGroupedQKV()
+_registered = False
 
 
-class FuseGroupedQKV(ConversionOps):
-    """q, k, v -> InternLM2's fused, grouped `wqkv` (the reverse of `SplitGroupedQKV`, used when saving)."""
+def register_release_config() -> None:
+    """`internvl_chat` -> `HoVLEReleaseConfig` in `AutoConfig` (run when transformers' auto-config module is
+    imported, see `hovle/__init__.py`); the rest is registered when a release config is first built."""
+    from transformers import AutoConfig
 
-    def convert(self, input_dict, source_patterns, target_patterns, **kwargs) -> dict[str, torch.Tensor]:
-        q, k, v = (input_dict[pattern] for pattern in source_patterns)
-        q, k, v = (t[0] if isinstance(t, list) else t for t in (q, k, v))
-        geometry = _geometry(kwargs["config"], kwargs["full_layer_name"])
-        return {target_patterns[0]: geometry.fuse_wqkv(q, k, v)}
-
-    @property
-    def reverse_op(self) -> ConversionOps:
-        return SplitGroupedQKV()
+    AutoConfig.register(RELEASE_MODEL_TYPE, HoVLEReleaseConfig, exist_ok=True)
 
 
-def _geometry(config: HoVLEConfig, key: str) -> layout.AttentionGeometry:
-    geometries = layout.geometries_from_config(config)
-    for stack, prefixes in layout._STACKS.items():
-        if any(prefix.split("{}")[0] in key for prefix in prefixes):
-            return geometries[stack]
-    raise ValueError(f"{key}: not a layer of either stack, cannot split or fuse its wqkv")
-
-
-def release_weight_conversions() -> list[WeightRenaming | WeightConverter]:
-    """The load-time conversion from the release's keys to ours, generated from `conversion/layout.py`'s table."""
-
-    def exact(key: str) -> str:
-        return "^" + re.escape(key)  # no "$": transformers keeps it in the reversed (saving) name
-
-    renamings = [WeightRenaming(exact(original), ours) for original, ours in layout._EXACT.items()]
-    # Stack prefixes first (`embedding_model.encoder.3.` -> `model.embedding_model.layers.3.`), then the layer suffixes.
-    for original_prefix, ours_prefix in layout._STACKS.values():
-        source = "^" + re.escape(original_prefix.split("{}")[0]) + r"(\d+)\."
-        target = ours_prefix.split("{}")[0] + r"\1."
-        renamings.append(WeightRenaming(source, target))
-    converters = []
-    for original_suffix, ours in layout._LAYER.items():
-        if isinstance(ours, tuple):  # the fused wqkv
-            converters.append(WeightConverter(original_suffix, list(ours), operations=[SplitGroupedQKV()]))
-        else:
-            renamings.append(WeightRenaming(original_suffix, ours))
-    return [*renamings, *converters]
+def _register_release_classes_once() -> None:
+    global _registered
+    if not _registered:
+        _registered = True
+        register_release_loading()
 
 
 def register_release_loading() -> None:
-    """Make transformers' Auto classes load HoVLE releases as they are (idempotent)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+    """Make transformers' Auto classes load HoVLE releases as they are: the config, the model classes, the load-time
+    weight conversion (which overrides an entry transformers may have for `internvl_chat`), the tokenizer and the
+    processor. Idempotent; run again after another registration for `internvl_chat` to take it back."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 
     from .modeling_hovle import HoVLEForConditionalGeneration
+    from .release_weights import release_weight_conversions
 
-    AutoConfig.register(RELEASE_MODEL_TYPE, HoVLEReleaseConfig, exist_ok=True)
+    register_release_config()
     for auto_class in (AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText):
         # Not `auto_class.register`: it wants the model's `config_class` (HoVLEConfig) to carry this class's name.
         auto_class._model_mapping.register(HoVLEReleaseConfig, HoVLEForConditionalGeneration, exist_ok=True)
     register_checkpoint_conversion_mapping(RELEASE_MODEL_TYPE, release_weight_conversions(), overwrite=True)
+
+
+# Importing this module (which imports transformers' auto config through `configuration_hovle`) registers the config.
+register_release_config()

@@ -2,10 +2,13 @@
 converter's mapping and the weights converted while loading (`hovle.release_loading`)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from helpers import load_expected
+from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForImageTextToText
 
 import hovle
@@ -109,3 +112,49 @@ def test_registration_wins_over_a_builtin_conversion_entry(fixture_dir):
     register_checkpoint_conversion_mapping("internvl_chat", [], overwrite=True)  # a built-in entry landing
     register_release_loading()
     load(fixture_dir / "original")  # missing or unknown keys would raise
+
+
+IMPORT_ORDERS = {
+    "hovle first, then AutoConfig": "import hovle\nfrom transformers import AutoConfig",
+    "hovle first, then AutoModelForImageTextToText": "import hovle\nfrom transformers import AutoModelForImageTextToText",
+    "hovle first, then pipeline": "import hovle\nfrom transformers import pipeline",
+    "transformers first": "from transformers import AutoModel\nimport hovle",
+    "the model module": "import hovle.modeling_hovle",
+    "the release module": "import hovle.release_loading",
+}
+
+
+@pytest.mark.parametrize("imports", IMPORT_ORDERS.values(), ids=IMPORT_ORDERS)
+def test_release_config_is_registered_whatever_the_import_order(imports):
+    """`import hovle` registers through a post-import hook on transformers' auto modules (so that importing hovle
+    costs no torch); the registration must happen, and not break the import, whichever comes first."""
+    code = f"{imports}\nfrom transformers import AutoConfig\nprint(AutoConfig.for_model('internvl_chat').__class__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "HoVLEReleaseConfig" in result.stdout
+
+
+def test_import_hovle_imports_neither_torch_nor_transformers():
+    code = "import sys, hovle\nprint(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers'}))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_save_pretrained_writes_the_release_weight_layout_and_reloads_bit_exact(release_and_converted, tmp_path):
+    release, _ = release_and_converted
+    model = load(release)
+    model.save_pretrained(tmp_path / "saved")
+    with (
+        safe_open(tmp_path / "saved" / "model.safetensors", "pt") as saved,
+        safe_open(release / "model.safetensors", "pt") as original,
+    ):
+        assert set(saved.keys()) == set(original.keys())  # the release's names, the fused wqkv again
+        assert [
+            key for key in original.keys() if not torch.equal(saved.get_tensor(key), original.get_tensor(key))
+        ] == []
+    saved_config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert saved_config["model_type"] == "internvl_chat" and "embedding_config" in saved_config
+    reloaded = load(tmp_path / "saved")
+    assert type(reloaded.config) is HoVLEReleaseConfig
+    ours, theirs = model.state_dict(), reloaded.state_dict()
+    assert [key for key in ours if not torch.equal(ours[key], theirs[key])] == []
