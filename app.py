@@ -1,7 +1,7 @@
 """The HoVLE chat demo as a Hugging Face Space runs it (`python app.py`, gradio SDK): `hovle demo` with settings from
 the environment.
 
-    HOVLE_MODEL            converted folder or Hub id (unset: the tiny RANDOM, UNTRAINED default, built offline)
+    HOVLE_MODEL            HoVLE release or converted folder, local or Hub id (unset: the tiny RANDOM, UNTRAINED default, built offline)
     HOVLE_DEVICE           auto (default: CUDA when present, else CPU), cpu, cuda, ...
     HOVLE_TRUST_REMOTE_CODE=1  load with the model repository's own code instead of the installed package's
 

@@ -39,7 +39,10 @@ from .training.arguments import add_train_arguments
 # -- arguments of every command (no heavy imports) ----------------------------------------------------------------
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("question")
-    parser.add_argument("--model", help="converted folder or Hub id (default: tiny untrained model)")
+    parser.add_argument(
+        "--model",
+        help="HoVLE release (e.g. OpenGVLab/HoVLE) or converted folder, local or Hub id (default: tiny untrained model)",
+    )
     parser.add_argument("--image", action="append", default=[], type=Path, help="image file (repeatable)")
     parser.add_argument("--system", help="system message (empty string: none)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)

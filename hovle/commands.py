@@ -126,7 +126,7 @@ def load_for_inference(
     compile: bool = False,
     announce: bool = True,
 ) -> Loaded:
-    """Load a converted folder or Hub id (None: the tiny untrained default, built offline, with a banner) and make it
+    """Load a HoVLE release or converted folder, local or Hub id (None: the tiny untrained default, built offline, with a banner) and make it
     ready to generate: moved to `device` (`auto`: CUDA when present), int8 linear layers when `int8`, and on the CPU
     the static-cache fast path (`fast_cpu_decoding`, compiled when `compile`). `announce`: a status line while
     loading."""

@@ -205,7 +205,7 @@ def load_engine(
     trust_remote_code: bool = False,
     max_images: int = DEFAULT_MAX_IMAGES,
 ) -> ChatEngine:
-    """A `ChatEngine` for a converted folder or Hub id, or for the tiny untrained default when `model` is None."""
+    """A `ChatEngine` for a HoVLE release or converted folder (local or Hub id), or for the tiny untrained default when `model` is None."""
     loaded = load_for_inference(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     return ChatEngine(
         loaded.model,
@@ -309,7 +309,10 @@ def build_app(engine: ChatEngine, max_new_tokens: int | None = None):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`hovle demo`'s options (no heavy imports: `--help` answers at once)."""
     parser.description = "Serve a Gradio chat page for a converted HoVLE (default: the tiny untrained model)."
-    parser.add_argument("--model", help="converted folder or Hub id (default: tiny untrained model)")
+    parser.add_argument(
+        "--model",
+        help="HoVLE release (e.g. OpenGVLab/HoVLE) or converted folder, local or Hub id (default: tiny untrained model)",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--max-images", type=positive_int, default=DEFAULT_MAX_IMAGES, help="per conversation")

@@ -1,4 +1,4 @@
-"""Loading a converted HoVLE folder or Hub id for the command line and the trainer.
+"""Loading a converted HoVLE folder, an original release or a Hub id of either, for the command line and the trainer.
 
 By default the classes of this installed package load it: the folder's own copy of the model code is not executed
 (transformers would need `trust_remote_code=True` for that). `trust_remote_code=True` loads through transformers'
@@ -61,7 +61,7 @@ def check_folder_has_config(folder: Path) -> None:
     """A `LoadError` for a local folder with no config.json (transformers' own message names another file)."""
     if not (folder / "config.json").is_file():
         what = "an empty folder" if not any(folder.iterdir()) else "a folder without config.json"
-        raise LoadError(f"{folder} is {what}, not a converted HoVLE folder (`hovle convert --output` writes one)")
+        raise LoadError(f"{folder} is {what}, not a HoVLE model (a converted folder or an original release)")
 
 
 # A converted folder's processor: its own settings and the tokenizer's (`hovle convert` writes them all, or none
@@ -85,7 +85,14 @@ def _load_model(model_class, name: str, model_kwargs: dict):
     """`model_class.from_pretrained`, with weights that do not fit the folder's config.json (the model file's
     `WeightsMismatchError`, from the folder's own copy of that file under `trust_remote_code`) as a `LoadError`:
     the folder is the user's input, the model file cannot import this package's error classes."""
-    mismatch = getattr(sys.modules.get(model_class.__module__), "WeightsMismatchError", ())
+    mismatch = next(
+        (
+            error
+            for base in model_class.__mro__  # a subclass (the release's model class) defined in another module
+            if (error := getattr(sys.modules.get(base.__module__), "WeightsMismatchError", None)) is not None
+        ),
+        (),
+    )
     try:
         return model_class.from_pretrained(name, **model_kwargs)
     except mismatch as error:
@@ -98,8 +105,39 @@ def is_missing_source(name: str) -> bool:
     return not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1)
 
 
+def is_hovle_release(config_dict: dict) -> bool:
+    """Whether a config.json is an original HoVLE release's (`internvl_chat` with `embedding_config`)."""
+    return config_dict.get("model_type") == "internvl_chat" and "embedding_config" in config_dict
+
+
+# What a release's processor is built from (`hovle.release_processing`); the other tokenizer files are optional.
+RELEASE_TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json")
+
+
+def _load_release(name: str, model_kwargs: dict):
+    """(model, processor) for an original release, loaded as it is (`hovle.release_loading`) and then held as a
+    converted folder's model, so that what a command saves (`hovle train`) is a converted folder."""
+    from transformers import AutoConfig, AutoProcessor
+
+    missing = [file for file in RELEASE_TOKENIZER_FILES if Path(name).is_dir() and not (Path(name) / file).is_file()]
+    if missing:
+        raise LoadError(
+            f"{name} is a HoVLE release without its tokenizer ({' and '.join(missing)} missing): copy the release's "
+            "tokenizer files (tokenizer.model, tokenizer_config.json, added_tokens.json, special_tokens_map.json) "
+            "into it"
+        )
+
+    from .release_loading import as_converted_model
+    from .release_model import HoVLEReleaseForConditionalGeneration
+
+    config = AutoConfig.from_pretrained(name)  # registers the release classes
+    model = _load_model(HoVLEReleaseForConditionalGeneration, name, {**model_kwargs, "config": config})
+    return as_converted_model(model), AutoProcessor.from_pretrained(name)
+
+
 def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = False, **model_kwargs):
-    """(model, processor) for a converted HoVLE folder or Hub id; `model_kwargs` go to `from_pretrained`."""
+    """(model, processor) for a converted HoVLE folder, an original HoVLE release (loaded as it is) or a Hub id of
+    either; `model_kwargs` go to `from_pretrained`."""
     from huggingface_hub.errors import HFValidationError
 
     from .configuration_hovle import HoVLEConfig
@@ -114,6 +152,11 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
         check_folder_has_config(local)
     try:
         if trust_remote_code:
+            if is_hovle_release(HoVLEConfig.get_config_dict(name)[0]):
+                raise LoadError(
+                    f"{name} is an original HoVLE release: its own code runs only on transformers 4.37-4.44; drop "
+                    "--trust-remote-code to load it with this package, or convert it (`hovle convert`)"
+                )
             if local:
                 check_folder_has_processor(local)
             # The classes the folder's `auto_map` names, from its own files: transformers' Auto classes would prefer
@@ -122,14 +165,12 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
             processor_class = _folder_class(name, "processor_config.json", "AutoProcessor")
             return _load_model(model_class, name, model_kwargs), processor_class.from_pretrained(name)
         register_auto_classes()
-        model_type = HoVLEConfig.get_config_dict(name)[0].get("model_type")
+        config_dict = HoVLEConfig.get_config_dict(name)[0]
+        if is_hovle_release(config_dict):
+            return _load_release(name, model_kwargs)
+        model_type = config_dict.get("model_type")
         if model_type != HoVLEConfig.model_type:
-            hint = (
-                " (an original-layout checkpoint: convert it first, `hovle convert`)"
-                if model_type == "internvl_chat"
-                else ""
-            )
-            raise LoadError(f"{name} holds a {model_type!r} model, not a converted HoVLE ('hovle'){hint}")
+            raise LoadError(f"{name} holds a {model_type!r} model, not a HoVLE model (converted, or a HoVLE release)")
         if local:
             check_folder_has_processor(local)
         processor = HoVLEProcessor.from_pretrained(name)

@@ -89,6 +89,19 @@ def _not_claimed(config_dict: dict[str, Any], kwargs: dict[str, Any]):
     return config_class.from_pretrained(name, **auto_kwargs)
 
 
+def as_converted_model(model):
+    """A release-loaded model as `hovle convert` + `from_pretrained` would give it: its config a `HoVLEConfig`
+    (model type `hovle`; the classes differ only in the model type) and its weight conversions a converted folder's,
+    so that `save_pretrained` writes a converted folder (our key layout, `model_type: hovle`)."""
+    from .modeling_hovle import HoVLEForConditionalGeneration
+
+    model.__class__ = HoVLEForConditionalGeneration  # the release class adds only a load-time step
+    model.config.__class__ = HoVLEConfig  # every sub-module shares this one config object
+    model.config.model_type = HoVLEConfig.model_type  # `from_dict` keeps the dict's model type on the instance too
+    model._weight_conversions = []  # a converted folder's keys are the model's own: nothing to revert on saving
+    return model
+
+
 _registered = False
 
 
@@ -114,14 +127,16 @@ def register_release_loading() -> None:
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 
-    from .modeling_hovle import HoVLEForConditionalGeneration
+    from .release_model import HoVLEReleaseForConditionalGeneration
+    from .release_processing import register_release_processing
     from .release_weights import release_weight_conversions
 
     register_release_config()
+    HoVLEReleaseForConditionalGeneration.config_class = HoVLEReleaseConfig
     for auto_class in (AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText):
-        # Not `auto_class.register`: it wants the model's `config_class` (HoVLEConfig) to carry this class's name.
-        auto_class._model_mapping.register(HoVLEReleaseConfig, HoVLEForConditionalGeneration, exist_ok=True)
+        auto_class.register(HoVLEReleaseConfig, HoVLEReleaseForConditionalGeneration, exist_ok=True)
     register_checkpoint_conversion_mapping(RELEASE_MODEL_TYPE, release_weight_conversions(), overwrite=True)
+    register_release_processing(HoVLEReleaseConfig)
 
 
 # Importing this module (which imports transformers' auto config through `configuration_hovle`) registers the config.

@@ -145,14 +145,16 @@ def test_loading_an_unknown_hub_id_offline(monkeypatch):
         load_model_and_processor("someone/not-a-model")
 
 
-def test_loading_an_original_layout_checkpoint(fixture_dir):
-    with pytest.raises(LoadError, match=r"holds a 'internvl_chat' model.*convert it first"):
+def test_loading_a_release_without_tokenizer_names_the_missing_files(fixture_dir):
+    with pytest.raises(
+        LoadError, match=r"a HoVLE release without its tokenizer \(tokenizer.model and tokenizer_config"
+    ):
         load_model_and_processor(fixture_dir / "original")
 
 
 def test_loading_another_architecture(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(LoadError, match=r"holds a 'llama' model, not a converted HoVLE"):
+    with pytest.raises(LoadError, match=r"holds a 'llama' model, not a HoVLE model"):
         load_model_and_processor(tmp_path)
 
 

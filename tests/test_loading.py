@@ -146,11 +146,11 @@ def test_a_config_with_another_vocabulary_size_is_refused_naming_the_tensors(tin
 # -- a folder that is not a converted HoVLE, or has no processor -----------------------------------------------------
 def test_an_empty_folder_is_said_to_be_empty(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(LoadError, match=r"empty is an empty folder, not a converted HoVLE folder"):
+    with pytest.raises(LoadError, match=r"empty is an empty folder, not a HoVLE model"):
         load_model_and_processor(tmp_path / "empty")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "notes.txt").write_text("mine")
-    with pytest.raises(LoadError, match=r"notes is a folder without config.json, not a converted HoVLE folder"):
+    with pytest.raises(LoadError, match=r"notes is a folder without config.json, not a HoVLE model"):
         load_model_and_processor(tmp_path / "notes")
 
 

@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 
 import hovle
 from hovle.conversion.to_transformers import convert
+from hovle.modeling_hovle import HoVLEForConditionalGeneration
 from hovle.release_loading import HoVLEReleaseConfig, register_release_loading
 from hovle.testing import tiny_config, write_original_checkpoint, write_tiny_tokenizer
 
@@ -74,7 +75,7 @@ def test_trust_remote_code_does_not_run_the_release_code(tmp_path, fixture_dir):
     release = write_original_checkpoint(tmp_path / "release", tiny_config("pre"), seed=0)
     _with_remote_code(release, RAISING_CODE)
     model = load(release, trust_remote_code=True)
-    assert type(model).__name__ == "HoVLEForConditionalGeneration"
+    assert isinstance(model, HoVLEForConditionalGeneration)
     assert type(AutoConfig.from_pretrained(release, trust_remote_code=True)) is HoVLEReleaseConfig
 
 

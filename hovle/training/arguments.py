@@ -20,7 +20,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     # Defaults shown in --help ("%(default)s"): they decide how long a run takes and what it learns.
     if parser.description is None:
         parser.description = TRAIN_DESCRIPTION
-    parser.add_argument("--model", required=True, help="converted HoVLE folder or Hub id")
+    parser.add_argument(
+        "--model", required=True, help="HoVLE release (e.g. OpenGVLab/HoVLE) or converted folder, local or Hub id"
+    )
     parser.add_argument(
         "--data",
         required=True,
