@@ -4,6 +4,7 @@ converter's mapping and the weights converted while loading (`hovle.release_load
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,4 +159,32 @@ def test_save_pretrained_writes_the_release_weight_layout_and_reloads_bit_exact(
     reloaded = load(tmp_path / "saved")
     assert type(reloaded.config) is HoVLEReleaseConfig
     ours, theirs = model.state_dict(), reloaded.state_dict()
+    assert [key for key in ours if not torch.equal(ours[key], theirs[key])] == []
+
+
+def _rewrite_weights(release, form: str) -> None:
+    """The release's weights as several safetensors shards with an index, or as a legacy `pytorch_model.bin`."""
+    from huggingface_hub import save_torch_state_dict
+    from safetensors.torch import load_file
+
+    state_dict = load_file(release / "model.safetensors")
+    (release / "model.safetensors").unlink()
+    if form == "sharded":
+        save_torch_state_dict(state_dict, release, max_shard_size="20KB")
+    else:
+        torch.save(state_dict, release / "pytorch_model.bin")
+
+
+@pytest.mark.parametrize("form", ["sharded", "bin"])
+def test_sharded_and_bin_releases_load_with_dtype_and_device_map(release_and_converted, tmp_path, form):
+    import shutil
+
+    release, converted = release_and_converted
+    copy = Path(shutil.copytree(release, tmp_path / "release"))
+    _rewrite_weights(copy, form)
+    assert len(list(copy.glob("*.safetensors"))) > 1 if form == "sharded" else (copy / "pytorch_model.bin").exists()
+    direct = AutoModelForImageTextToText.from_pretrained(copy, dtype=torch.bfloat16, device_map="cpu")
+    reference = AutoModelForImageTextToText.from_pretrained(converted, dtype=torch.bfloat16, trust_remote_code=True)
+    assert direct.dtype == torch.bfloat16 and direct.device.type == "cpu"
+    ours, theirs = direct.state_dict(), reference.state_dict()
     assert [key for key in ours if not torch.equal(ours[key], theirs[key])] == []
