@@ -188,3 +188,16 @@ def test_sharded_and_bin_releases_load_with_dtype_and_device_map(release_and_con
     assert direct.dtype == torch.bfloat16 and direct.device.type == "cpu"
     ours, theirs = direct.state_dict(), reference.state_dict()
     assert [key for key in ours if not torch.equal(ours[key], theirs[key])] == []
+
+
+def test_registration_wins_over_builtin_internvl_chat_classes(fixture_dir, monkeypatch):
+    """If transformers lands native classes for `internvl_chat` (its InternVL port), a HoVLE release still reaches
+    HoVLE's classes: simulated with built-in name entries pointing at transformers' InternVL classes."""
+    from transformers.models.auto import configuration_auto, modeling_auto
+
+    monkeypatch.setitem(configuration_auto.CONFIG_MAPPING_NAMES, "internvl_chat", "InternVLConfig")
+    for names in (modeling_auto.MODEL_MAPPING_NAMES, modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES):
+        monkeypatch.setitem(names, "internvl_chat", "InternVLForConditionalGeneration")
+    register_release_loading()
+    assert type(AutoConfig.from_pretrained(fixture_dir / "original")) is HoVLEReleaseConfig
+    assert isinstance(load(fixture_dir / "original"), HoVLEForConditionalGeneration)

@@ -26,6 +26,16 @@ def test_streamed_reply_grows_and_equals_pipeline_greedy(engine, tiny_hub_folder
     assert expected.strip() and pieces[-1] == expected
 
 
+def test_release_engine_streams_the_converted_folders_reply(tiny_hub_folder, photo):
+    """`hovle demo --model <release>` (and app.py's HOVLE_MODEL): the release the fixture was converted from, loaded
+    as it is, streams the converted folder's greedy reply."""
+    release = load_engine(str(tiny_hub_folder.parent / "original"), device="cpu")
+    settings = GenerationSettings(max_new_tokens=12, temperature=0.0)
+    pieces = list(release.stream([Turn("What is in the picture?", [str(photo)])], settings))
+    expected = pipeline_greedy_reply(tiny_hub_folder, [Image.open(photo)], "What is in the picture?", 12)
+    assert expected.strip() and pieces[-1] == expected
+
+
 def test_second_turn_sees_the_first(engine, photo):
     settings = GenerationSettings(max_new_tokens=6)
     first = Turn("Describe it.", [str(photo)], reply="a round thing")
