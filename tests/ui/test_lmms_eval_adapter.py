@@ -61,7 +61,9 @@ def write_task(folder, items) -> None:
     )
 
 
-def test_lmms_eval_scores_equal_the_models_greedy_answers(tiny_hub_folder, tmp_path):
+@pytest.mark.parametrize("form", ["converted", "release"])
+def test_lmms_eval_scores_equal_the_models_greedy_answers(tiny_hub_folder, tmp_path, form):
+    """`--model hovle` on the converted folder, and on the release it was converted from, loaded as it is."""
     questions = ["What is in the picture?", "Which colour dominates?", "Describe the image.", "Is it round?", "Hi?"]
     pictures = [
         Image.radial_gradient("L").convert("RGB").resize((120, 80)),
@@ -89,7 +91,9 @@ def test_lmms_eval_scores_equal_the_models_greedy_answers(tiny_hub_folder, tmp_p
 
     output = tmp_path / "results"
     command = [sys.executable, "-m", "lmms_eval", "--model", "hovle", "--model_args"]
-    command += [f"pretrained={tiny_hub_folder},device=cpu", "--tasks", TASK, "--batch_size", "2"]
+    # `tiny_hub_folder` is converted from the release-layout folder beside it (tests/conftest.py).
+    pretrained = tiny_hub_folder if form == "converted" else tiny_hub_folder.parent / "original"
+    command += [f"pretrained={pretrained},device=cpu", "--tasks", TASK, "--batch_size", "2"]
     command += ["--include_path", str(tmp_path / "task"), "--output_path", str(output), "--log_samples"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
