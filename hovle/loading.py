@@ -135,6 +135,14 @@ def _load_release(name: str, model_kwargs: dict):
     return as_converted_model(model), AutoProcessor.from_pretrained(name)
 
 
+def check_model_source(name: str, option: str = "", error: type[HoVLEUserError] | None = None) -> None:
+    """Refuse a model source by `is_missing_source`, in one wording for every command: `option` (e.g. "--teacher")
+    is named before it, `error` is the command's user-error type (default `LoadError`)."""
+    if is_missing_source(name):
+        prefix = f"{option} " if option else ""
+        raise (error or LoadError)(f"{prefix}{name}: no such folder (and not a Hub id of the form owner/name)")
+
+
 def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = False, **model_kwargs):
     """(model, processor) for a converted HoVLE folder, an original HoVLE release (loaded as it is) or a Hub id of
     either; `model_kwargs` go to `from_pretrained`."""
@@ -145,8 +153,7 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
     from .processing_hovle import HoVLEProcessor
 
     name = str(path)
-    if is_missing_source(name):
-        raise LoadError(f"{name}: no such folder (and not a Hub id of the form owner/name)")
+    check_model_source(name)
     local = Path(name) if Path(name).is_dir() else None
     if local:
         check_folder_has_config(local)

@@ -130,3 +130,23 @@ def test_convert_and_export_help_describe_the_command(command, subject, capsys):
     out = capsys.readouterr().out
     description = out.split("\n\n")[1]  # argparse: usage, a blank line, the description, a blank line, options
     assert not description.startswith("options:") and subject in " ".join(description.split()), out
+
+
+@pytest.mark.parametrize("user_error", [True, False])
+def test_only_user_errors_print_as_one_line(tmp_path, monkeypatch, capsys, user_error):
+    """A `HoVLEUserError` (any of the package's user-error types) is one `error:` line with status 2; a bare
+    `ValueError` is a bug and keeps its traceback (it propagates out of `main`)."""
+    import hovle.conversion.to_original as to_original
+    from hovle.conversion.checkpoint_io import CheckpointError
+
+    def failing_run(args):
+        raise CheckpointError("the input is wrong") if user_error else ValueError("an internal bug")
+
+    monkeypatch.setattr(to_original, "run", failing_run)
+    argv = ["export", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    if user_error:
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == "error: the input is wrong"
+    else:
+        with pytest.raises(ValueError, match="an internal bug"):
+            main(argv)

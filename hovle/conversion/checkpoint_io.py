@@ -435,3 +435,39 @@ class StreamingSafetensorsWriter:
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
             (self.folder / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         return [self.folder / name for name in self.names]
+
+
+class CheckedTensorWriter:
+    """What `convert` and `export` write through: every source tensor is checked for NaN/Inf as it is read
+    (`read`), cast to the output dtype with the overflow check (`cast`), written in the planned order (`add`), and
+    `finish` refuses non-finite weights unless allowed, then completes the shards. The dtype and the shard size come
+    from the command's options (`options`)."""
+
+    def __init__(
+        self, folder: Path, plan: list[tuple[str, tuple[int, ...], torch.dtype]], dtype: torch.dtype, shard_bytes: int
+    ):
+        self.dtype = dtype
+        self.writer = StreamingSafetensorsWriter(folder, plan, shard_bytes)
+        self.finite = NonfiniteCheck(dtype)
+
+    def read(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        self.finite.check_source(key, tensor)
+        return tensor
+
+    def cast(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` (part of source tensor `key`) in the output dtype; values the cast makes inf are counted."""
+        converted = tensor.to(self.dtype)
+        self.finite.check_cast(key, tensor, converted)
+        return converted
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        self.writer.add(name, tensor)
+
+    def finish(self, allow_nonfinite: bool) -> list[Path]:
+        self.finite.finish(allow_nonfinite)
+        return self.writer.finish()
+
+    @staticmethod
+    def options(dtype: str, max_shard_size: int | str) -> tuple[torch.dtype, int]:
+        """A writing command's `--dtype` and `--max-shard-size` as (torch dtype, shard bytes), each checked."""
+        return target_dtype(dtype), parse_size(max_shard_size)

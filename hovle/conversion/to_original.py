@@ -15,16 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..configuration_hovle import HoVLEConfig
-from .checkpoint_io import (
-    CheckpointError,
-    NonfiniteCheck,
-    StreamingSafetensorsWriter,
-    TensorSource,
-    parse_size,
-    read_json_object,
-    resolve_folder,
-    target_dtype,
-)
+from .checkpoint_io import CheckedTensorWriter, CheckpointError, TensorSource, read_json_object, resolve_folder
 from .config_map import original_config_from_hovle
 from .layout import (
     expected_original_shapes,
@@ -60,8 +51,7 @@ def export(
 
     `allow_nonfinite`: write weights that are NaN/Inf in the source or overflow to inf in `dtype` (refused
     otherwise, naming the tensors)."""
-    out_dtype = target_dtype(dtype)
-    shard_bytes = parse_size(max_shard_size)
+    out_dtype, shard_bytes = CheckedTensorWriter.options(dtype, max_shard_size)
     patterns = ["*.json", "*.safetensors", *(f"{ORIGINAL_TOKENIZER_DIR}/{p}" for p in ORIGINAL_TOKENIZER_PATTERNS)]
     folder = resolve_folder(source, allow_patterns=patterns)
     if (folder / "config.json").exists():
@@ -93,19 +83,12 @@ def export(
         looks_ours=is_package_output,
         needed_bytes=planned_bytes(plan, folder),
     ) as scratch:
-        writer = StreamingSafetensorsWriter(scratch, plan, shard_bytes)
-        finite = NonfiniteCheck(out_dtype)
+        writer = CheckedTensorWriter(scratch, plan, out_dtype, shard_bytes)
         for key in tqdm(keys, desc="Exporting", unit="tensor", disable=not progress):
             mapping = map_original_key(key)
-            parts = []
-            for target in mapping.targets:
-                tensor = tensors.get(target)
-                finite.check_source(target, tensor)
-                parts.append(tensor.to(out_dtype))
-                finite.check_cast(target, tensor, parts[-1])
+            parts = [writer.cast(target, writer.read(target, tensors.get(target))) for target in mapping.targets]
             writer.add(key, ours_to_original(mapping, parts, geometries))
-        finite.finish(allow_nonfinite)
-        writer.finish()
+        writer.finish(allow_nonfinite)
         original = original_config_from_hovle(config, dtype=dtype)
         (scratch / "config.json").write_text(json.dumps(original, indent=2) + "\n")
         if tokenizer_dir is not None:

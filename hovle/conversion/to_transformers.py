@@ -29,16 +29,7 @@ from transformers import GenerationConfig
 
 from .. import configuration_hovle
 from ..configuration_hovle import HoVLEConfig
-from .checkpoint_io import (
-    CheckpointError,
-    NonfiniteCheck,
-    StreamingSafetensorsWriter,
-    TensorSource,
-    parse_size,
-    read_json_object,
-    resolve_folder,
-    target_dtype,
-)
+from .checkpoint_io import CheckedTensorWriter, CheckpointError, TensorSource, read_json_object, resolve_folder
 from .config_map import hovle_config_from_original
 from .layout import geometries_from_config, map_original_key, model_state_shapes, original_to_ours, validate_original
 from .output_folder import atomic_output_folder, config_json_matches, interruptions_raise, output_bytes
@@ -193,8 +184,7 @@ def convert(
     otherwise, naming the tensors). A source without a tokenizer converts, with a warning: the output then has no
     tokenizer and no processor. A failed `push_to_hub` upload raises a `CheckpointError` after the folder was
     written, saying where."""
-    out_dtype = target_dtype(dtype)
-    shard_bytes = parse_size(max_shard_size)
+    out_dtype, shard_bytes = CheckedTensorWriter.options(dtype, max_shard_size)
     folder = resolve_folder(source, allow_patterns=SOURCE_PATTERNS)
     config_path = folder / "config.json"
     if not config_path.exists():
@@ -219,20 +209,15 @@ def convert(
         looks_ours=is_converted_folder,
         needed_bytes=planned_bytes(plan, folder),
     ) as scratch:
-        writer = StreamingSafetensorsWriter(scratch, plan, shard_bytes)
-        finite = NonfiniteCheck(out_dtype)
+        writer = CheckedTensorWriter(scratch, plan, out_dtype, shard_bytes)
         # The bar counts written tensors: a fused wqkv source tensor advances it by its three targets.
         with tqdm(total=len(plan), desc="Converting", unit="tensor", disable=not progress) as bar:
             for key, tensor in tensors.iter_tensors():
-                finite.check_source(key, tensor)
-                for target, part in original_to_ours(mappings[key], tensor, geometries):
-                    converted = part.to(out_dtype)
-                    finite.check_cast(key, part, converted)
-                    writer.add(target, converted)
+                for target, part in original_to_ours(mappings[key], writer.read(key, tensor), geometries):
+                    writer.add(target, writer.cast(key, part))
                     bar.update(1)
                 del tensor
-        finite.finish(allow_nonfinite)
-        writer.finish()
+        writer.finish(allow_nonfinite)
         token_ids = write_processor_files(tokenizer, scratch, config) if tokenizer is not None else None
         if tokenizer is not None:
             copy_original_tokenizer(tokenizer_dir, scratch / ORIGINAL_TOKENIZER_DIR)

@@ -26,7 +26,7 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
 
-from ..commands import DTYPE_NAMES, UserError, load_for_inference, to_model
+from ..commands import load_for_inference, to_model, torch_dtype
 from ..processing_hovle import add_missing_placeholders, decode_reply
 
 # Task generation settings that generate() takes as they are (others, e.g. `image_aspect_ratio`, are for other
@@ -76,8 +76,7 @@ class HoVLE(lmms):
         super().__init__()
         if unused:
             utils.eval_logger.warning(f"hovle: ignoring model_args {sorted(unused)}")
-        if dtype not in DTYPE_NAMES:
-            raise UserError(f"dtype={dtype!r}: use one of {', '.join(DTYPE_NAMES)}")
+        torch_dtype(dtype)  # a wrong name is refused before the accelerator starts
         self.accelerator = Accelerator()
         if self.accelerator.num_processes > 1:  # data parallel: one model per process, documents split by rank
             device = f"cuda:{self.accelerator.local_process_index}"

@@ -42,7 +42,7 @@ from ..commands import status, user_errors
 from ..conversion.checkpoint_io import NonfiniteCheck, name_keys
 from ..conversion.output_folder import atomic_output_folder, check_free_space, output_bytes
 from ..conversion.to_transformers import ORIGINAL_TOKENIZER_DIR, copy_remote_code, is_converted_folder
-from ..loading import is_missing_source, load_model_and_processor
+from ..loading import check_model_source, load_model_and_processor
 from .arguments import add_train_arguments
 from .checks import (
     TrainingInputError,
@@ -120,9 +120,8 @@ def check_arguments(args: argparse.Namespace) -> dict[str, int]:
     if args.lora and importlib.util.find_spec("peft") is None:
         raise TrainingInputError("--lora needs peft, which is not installed: pip install 'hovle[train]'")
     for flag, name in (("--model", args.model), ("--teacher", args.teacher)):
-        text = str(name) if name is not None else ""
-        if text and is_missing_source(text):
-            raise TrainingInputError(f"{flag} {text}: no such folder (and not a Hub id of the form owner/name)")
+        if name is not None and str(name):
+            check_model_source(str(name), flag, TrainingInputError)
     check_output(args.output, args.model, args.data, args.teacher, getattr(args, "overwrite", False))
     return check_data(args.data, args.stage)
 
