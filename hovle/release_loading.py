@@ -15,12 +15,15 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from .configuration_hovle import HoVLEConfig
 
 RELEASE_MODEL_TYPE = "internvl_chat"
+# What a release config reports as its `architectures`: the class transformers loads it with
+# (`release_model.HoVLEReleaseForConditionalGeneration`). vLLM reads the config through AutoConfig and resolves
+# this name to the plugin's model (`hovle.vllm_plugin`) instead of its own `InternVLChatModel`.
+RELEASE_ARCHITECTURE = "HoVLEReleaseForConditionalGeneration"
 
 
 class HoVLEReleaseConfig(HoVLEConfig):
@@ -49,41 +52,34 @@ def _release_dict(original: dict[str, Any]) -> dict[str, Any]:
 
     converted = hovle_config_from_original(original).to_dict()
     converted["model_type"] = RELEASE_MODEL_TYPE
+    converted["architectures"] = [RELEASE_ARCHITECTURE]
     if original.get("torch_dtype") is not None:
         converted["dtype"] = original["torch_dtype"]
     return converted
 
 
-def _auto_config_frame():
-    """The frame of the running `AutoConfig.from_pretrained` (which calls `from_dict`), or None."""
-    from transformers import AutoConfig
-
-    code = AutoConfig.from_pretrained.__func__.__code__
-    frame = sys._getframe(2)
-    while frame is not None and frame.f_code is not code:
-        frame = frame.f_back
-    return frame
-
-
 def _not_claimed(config_dict: dict[str, Any], kwargs: dict[str, Any]):
     """An `internvl_chat` config that is not a HoVLE release: what `AutoConfig` does without this package, i.e. the
     folder's own config class when the caller trusts its code (`AutoConfig.from_pretrained` does not pass
-    `trust_remote_code` on to `from_dict`, so it is read from that call's frame), an error otherwise."""
+    `trust_remote_code` on to `from_dict`, so it is read from that call, `running_call_locals`), an error
+    otherwise."""
+    from transformers import AutoConfig
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    frame = _auto_config_frame()
+    from .release_processing import running_call_locals
+
+    call = running_call_locals(AutoConfig.from_pretrained)
     class_ref = (config_dict.get("auto_map") or {}).get("AutoConfig")
-    trusted = frame is not None and frame.f_locals.get("trust_remote_code") is True
-    name = frame.f_locals.get("pretrained_model_name_or_path") if frame is not None else kwargs.get("name_or_path")
-    if class_ref is None or not trusted:
+    name = call.get("pretrained_model_name_or_path", kwargs.get("name_or_path"))
+    if class_ref is None or call.get("trust_remote_code") is not True:
         raise ValueError(
             f"{name} holds an {RELEASE_MODEL_TYPE!r} config without 'embedding_config' (InternVL, not HoVLE): hovle "
             "does not claim it, and transformers has no class for it; it loads with its own code "
             "(`trust_remote_code=True`)"
         )
-    auto_kwargs = dict(frame.f_locals["kwargs"])
+    auto_kwargs = dict(call["kwargs"])
     config_class = get_class_from_dynamic_module(
-        class_ref, name, code_revision=frame.f_locals.get("code_revision"), **auto_kwargs
+        class_ref, name, code_revision=call.get("code_revision"), **auto_kwargs
     )
     config_class.register_for_auto_class()
     return config_class.from_pretrained(name, **auto_kwargs)

@@ -175,12 +175,12 @@ def _is_release(config) -> bool:
     return isinstance(config, tuple(_RELEASE_CONFIG_CLASSES))
 
 
-def _auto_tokenizer_call() -> dict[str, Any]:
-    """The locals of the running `AutoTokenizer.from_pretrained` (it keeps `trust_remote_code` and the loaded config
-    to itself), or {} when the tokenizer class is called directly."""
-    from transformers import AutoTokenizer
-
-    code = AutoTokenizer.from_pretrained.__func__.__code__
+def running_call_locals(method) -> dict[str, Any]:
+    """The locals of the running call of `method` (a transformers Auto class's `from_pretrained`) further up the
+    stack, or {} when there is none. transformers keeps `trust_remote_code` (and `AutoTokenizer` the loaded config)
+    to itself; a release class called from there reads them here, to decide as transformers would without this
+    package. Used by `HoVLEReleaseTokenizer` and `release_loading.HoVLEReleaseConfig`; tested on 5.17 and 5.2x."""
+    code = method.__func__.__code__
     frame = sys._getframe(1)
     while frame is not None and frame.f_code is not code:
         frame = frame.f_back
@@ -216,9 +216,9 @@ class HoVLEReleaseTokenizer(PreTrainedTokenizerFast):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *inputs, **kwargs):
-        from transformers import AutoConfig
+        from transformers import AutoConfig, AutoTokenizer
 
-        call = _auto_tokenizer_call()
+        call = running_call_locals(AutoTokenizer.from_pretrained)
         config = kwargs.pop("config", None) or call.get("config")
         if not _is_release(config):
             # AutoTokenizer swallows the config's errors (it then falls back to a bare `PreTrainedConfig`): a HoVLE
