@@ -94,6 +94,7 @@ def as_converted_model(model):
     model.__class__ = HoVLEForConditionalGeneration  # the release class adds only a load-time step
     model.config.__class__ = HoVLEConfig  # every sub-module shares this one config object
     model.config.model_type = HoVLEConfig.model_type  # `from_dict` keeps the dict's model type on the instance too
+    model.config.architectures = [HoVLEForConditionalGeneration.__name__]
     model._weight_conversions = []  # a converted folder's keys are the model's own: nothing to revert on saving
     return model
 

@@ -46,7 +46,8 @@ def test_command_load_path_holds_a_release_as_a_converted_model(release_and_conv
     assert processor.tokenizer(text).input_ids == reference_processor.tokenizer(text).input_ids
     # What a command saves from it (`hovle train`) is a converted folder: our key layout, model type `hovle`.
     model.save_pretrained(tmp_path / "saved")
-    assert json.loads((tmp_path / "saved" / "config.json").read_text())["model_type"] == "hovle"
+    saved_config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert saved_config["model_type"] == "hovle" and saved_config["architectures"] == ["HoVLEForConditionalGeneration"]
     with safe_open(tmp_path / "saved" / "model.safetensors", "pt") as saved:
         with safe_open(converted / "model.safetensors", "pt") as expected:
             assert set(saved.keys()) == set(expected.keys())

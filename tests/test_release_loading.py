@@ -46,6 +46,14 @@ def test_release_folder_loads_with_weights_of_the_converted_folder(release_and_c
         assert torch.equal(direct(input_ids=ids).logits, reference(input_ids=ids).logits)
 
 
+def test_release_architecture_names_the_release_model_class():
+    """The architecture a release config reports (vLLM picks the plugin's model by it) is the class that loads it."""
+    from hovle.release_loading import RELEASE_ARCHITECTURE
+    from hovle.release_model import HoVLEReleaseForConditionalGeneration
+
+    assert RELEASE_ARCHITECTURE == HoVLEReleaseForConditionalGeneration.__name__
+
+
 def test_golden_fixture_release_reproduces_original_logits(fixture_dir):
     model = load(fixture_dir / "original")
     cases, expected = load_expected(fixture_dir)

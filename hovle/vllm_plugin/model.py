@@ -36,6 +36,7 @@ from vllm.model_executor.models.utils import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
+from ..conversion import layout
 from ..modeling_hovle import HoVLEProjector, HoVLEVisionEmbeddings, shuffle_and_project
 from ..processing_hovle import IMAGE_PLACEHOLDER
 from .config import HD_REFUSAL
@@ -161,4 +162,20 @@ class HoVLEForConditionalGeneration(nn.Module, SupportsMultiModal):
         return self.language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
+        converted = as_converted_weights(weights, layout.geometries_from_config(self.config))
+        return AutoWeightsLoader(self).load_weights(converted, mapper=self.hf_to_vllm_mapper)
+
+
+def as_converted_weights(
+    weights: Iterable[tuple[str, torch.Tensor]], geometries: dict[str, layout.AttentionGeometry]
+) -> Iterable[tuple[str, torch.Tensor]]:
+    """A release folder's tensors (InternLM2 names, fused `wqkv`) as a converted folder's, one tensor at a time, by the
+    key table of `hovle.conversion.layout` (each grouped `wqkv` split per stack into q, k, v, which vLLM's Llama
+    loader fuses into its `qkv_proj`); a converted folder's tensors pass through as they are. The two layouts share
+    no name (ours start with `model.` or `lm_head.`)."""
+    for name, tensor in weights:
+        mapping = layout.map_original_key(name)
+        if mapping is None:
+            yield name, tensor
+        else:
+            yield from layout.original_to_ours(mapping, tensor, geometries)

@@ -47,7 +47,10 @@ class HoVLEProcessingInfo(BaseProcessingInfo):
         return max_tiles
 
     def get_hf_processor(self, **kwargs: object) -> HoVLEProcessor:
-        return self.ctx.get_hf_processor(HoVLEProcessor, **kwargs)
+        # A tuple makes vLLM load through `AutoProcessor`, which picks by config class: a converted folder's
+        # `HoVLEProcessor`, or for a release (no processor files) the one `hovle.release_processing` builds from its
+        # tokenizer files and config; both are a `HoVLEProcessor`, which vLLM checks.
+        return self.ctx.get_hf_processor((HoVLEProcessor,), **kwargs)
 
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         return {"image": None}

@@ -10,15 +10,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from vllm_helpers import build_served_folder
+from vllm_helpers import LAYOUTS, build_served_folders
 
 if importlib.util.find_spec("vllm") is None:
     collect_ignore_glob = ["test_*.py"]
 
 
 @pytest.fixture(scope="session")
-def served_folder(tmp_path_factory) -> Path:
-    return build_served_folder(tmp_path_factory.mktemp("served"))
+def served_folders(tmp_path_factory) -> dict[str, Path]:
+    return build_served_folders(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="session", params=LAYOUTS)
+def served_folder(request, served_folders) -> Path:
+    """What vLLM serves, once per layout: the converted folder, and the release it was converted from, as it is."""
+    return served_folders[request.param]
+
+
+@pytest.fixture(scope="session")
+def converted_folder(served_folders) -> Path:
+    """The reference: the converted folder, loaded with transformers."""
+    return served_folders["converted"]
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """vLLM's offline engine on the plugin equals the transformers implementation, and continuous batching is exact:
-greedy tokens, prompt token ids and top-5 log-probabilities, float32, CPU backend."""
+greedy tokens, prompt token ids and top-5 log-probabilities, float32, CPU backend. vLLM serves both the converted
+folder and the release it was converted from (as it is: its weight names, config and tokenizer files); the reference
+is always transformers on the converted folder."""
 
 from __future__ import annotations
 
@@ -73,15 +75,15 @@ def concurrent_requests():
 
 
 @pytest.fixture(scope="module")
-def processor(served_folder):
+def processor(converted_folder):
     hovle.register_auto_classes()
-    return AutoProcessor.from_pretrained(served_folder)
+    return AutoProcessor.from_pretrained(converted_folder)
 
 
 @pytest.fixture(scope="module")
-def model(served_folder):
+def model(converted_folder):
     hovle.register_auto_classes()
-    return AutoModelForImageTextToText.from_pretrained(served_folder, dtype=torch.float32).eval()
+    return AutoModelForImageTextToText.from_pretrained(converted_folder, dtype=torch.float32).eval()
 
 
 def as_request(processor, image_files, spec) -> dict:
@@ -103,20 +105,33 @@ def requests(processor, image_files):
 
 
 @pytest.fixture(scope="module")
-def served(served_folder, requests, tmp_path_factory, vllm_env):
-    """One engine start (about a minute on 2 cores) for every request, alone and then all 16 together."""
-    folder = tmp_path_factory.mktemp("vllm-offline")
-    (folder / "requests.json").write_text(json.dumps(requests))
-    output = folder / "outputs.json"
-    run = subprocess.run(
-        [sys.executable, str(CHILD), str(served_folder), str(folder / "requests.json"), str(output)],
-        env=vllm_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
-    return json.loads(output.read_text())
+def engine_runs(requests, tmp_path_factory, vllm_env):
+    """`run(folder)`: one engine start (about a minute on 2 cores) on `folder` for every request, alone and then all
+    16 together; each folder's run made once."""
+    runs = {}
+
+    def run(folder: Path) -> dict:
+        if folder not in runs:
+            work = tmp_path_factory.mktemp("vllm-offline")
+            (work / "requests.json").write_text(json.dumps(requests))
+            output = work / "outputs.json"
+            child = subprocess.run(
+                [sys.executable, str(CHILD), str(folder), str(work / "requests.json"), str(output)],
+                env=vllm_env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-6000:]
+            runs[folder] = json.loads(output.read_text())
+        return runs[folder]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def served(served_folder, engine_runs):
+    return engine_runs(served_folder)
 
 
 def transformers_greedy(model, processor, request) -> tuple[list[int], list[int], torch.Tensor]:
@@ -177,3 +192,12 @@ def test_continuous_batching_is_exact(requests, served):
             assert step_alone.keys() == step_together.keys(), index
             for token, value in step_alone.items():
                 assert abs(value - step_together[token]) < 1e-4, (index, token)
+
+
+def test_release_loads_the_converted_folders_weights(served_folders, engine_runs):
+    """The release's tensors (InternLM2 names, fused grouped `wqkv` per stack), converted by the plugin while loading,
+    are bit for bit what vLLM loads from the converted folder: every parameter, by vLLM's name."""
+    release, converted = (engine_runs(served_folders[layout])["weights"] for layout in ("release", "converted"))
+    assert converted.keys() == release.keys()
+    assert any("qkv_proj" in name for name in converted)  # the split and re-fused attention weights are compared
+    assert release == converted

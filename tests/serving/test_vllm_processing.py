@@ -1,5 +1,6 @@
 """The plugin's multimodal processor, without an engine: tile limits from the server's `--mm-processor-kwargs` and
-from a request, and the tiles it makes equal the transformers processor's."""
+from a request, and the tiles and ids it makes (from a converted folder, or from a release's own files) equal the
+transformers processor's of the converted folder."""
 
 from __future__ import annotations
 
@@ -33,14 +34,14 @@ def strip_image() -> Image.Image:
     ],
 )
 def test_tile_limits_from_server_and_request(
-    served_folder, strip_image, server_kwargs, request_kwargs, max_tiles, tiles
+    served_folder, converted_folder, strip_image, server_kwargs, request_kwargs, max_tiles, tiles
 ):
     from hovle.processing_hovle import HoVLEProcessor
 
     processor = processor_for(served_folder, mm_processor_kwargs=server_kwargs)
     out = processor._call_hf_processor({"images": [strip_image]}, request_kwargs)
     assert out["image_num_patches"].tolist() == [tiles]
-    reference = HoVLEProcessor.from_pretrained(served_folder).tile_image(strip_image, max_tiles=max_tiles)
+    reference = HoVLEProcessor.from_pretrained(converted_folder).tile_image(strip_image, max_tiles=max_tiles)
     np.testing.assert_array_equal(out["pixel_values_flat"].numpy(), reference)
 
 
@@ -62,7 +63,7 @@ def test_tile_budget_above_limit_is_refused(served_folder, strip_image, server_k
 
 
 @pytest.mark.parametrize("max_tiles", [None, 1])
-def test_prompt_ids_equal_the_transformers_processor(served_folder, strip_image, max_tiles):
+def test_prompt_ids_equal_the_transformers_processor(served_folder, converted_folder, strip_image, max_tiles):
     """vLLM's placeholder expansion (on the tokenized prompt) gives the transformers processor's ids, with the text
     around `<image>` (which merges with its neighbours) and the release's decoding clean-up (" ." -> ".") kept."""
     from hovle.processing_hovle import HoVLEProcessor
@@ -72,7 +73,7 @@ def test_prompt_ids_equal_the_transformers_processor(served_folder, strip_image,
     options = {} if max_tiles is None else {"max_tiles": max_tiles}
     images = [strip_image, strip_image.resize((448, 448))]
     out = processor(prompt, processor.info.parse_mm_data({"image": images}), hf_processor_mm_kwargs=options)
-    expected = HoVLEProcessor.from_pretrained(served_folder)(text=prompt, images=images, **options)["input_ids"]
+    expected = HoVLEProcessor.from_pretrained(converted_folder)(text=prompt, images=images, **options)["input_ids"]
     assert out["prompt_token_ids"] == expected[0]
     blocks = [(r.offset, r.length) for r in out["mm_placeholders"]["image"]]
     tiles = [1 if max_tiles == 1 else 4, 1]

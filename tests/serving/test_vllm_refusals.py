@@ -1,5 +1,6 @@
 """What vLLM cannot serve exactly is refused before any engine starts, with the reason; the context
-length vLLM derives for InternLM2's dynamic rope is corrected."""
+length vLLM derives for InternLM2's dynamic rope is corrected. The same checks for a converted folder and a release
+as it is."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from vllm_helpers import RELEASE_ROPE, build_served_folder
+from vllm_helpers import LAYOUTS, RELEASE_ROPE, build_served_folders
 
 
 @pytest.fixture(scope="module")
-def hd_folder(tmp_path_factory) -> Path:
-    return build_served_folder(tmp_path_factory.mktemp("hd"), pixel_shuffle_loc="post")
+def hd_folders(tmp_path_factory) -> dict[str, Path]:
+    return build_served_folders(tmp_path_factory.mktemp("hd"), pixel_shuffle_loc="post")
+
+
+@pytest.fixture(params=LAYOUTS)
+def hd_folder(request, hd_folders) -> Path:
+    """HoVLE-HD, converted and as released: the same refusal for both."""
+    return hd_folders[request.param]
 
 
 @pytest.fixture(scope="module")

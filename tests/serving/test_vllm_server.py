@@ -1,6 +1,7 @@
 """`vllm serve FOLDER` (the CLI, with the plugin found through its entry point) answers `/v1/chat/completions` through
-the `openai` client: a base64 image part, streaming; the reply equals the transformers pipeline's greedy reply. The
-server listens on 127.0.0.1 only and is stopped by the test."""
+the `openai` client: a base64 image part, streaming; the reply equals the transformers pipeline's greedy reply on the
+converted folder, whether the server serves that folder or the release it was converted from (as it is). The server
+listens on 127.0.0.1 only and is stopped by the test."""
 
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def transformers_reply(folder: Path, picture: Image.Image) -> str:
     return out[0]["generated_text"]
 
 
-def test_chat_completions_stream_equals_the_pipeline(server, served_folder, picture):
+def test_chat_completions_stream_equals_the_pipeline(server, served_folder, converted_folder, picture):
     from openai import OpenAI
 
     buffer = io.BytesIO()
@@ -128,7 +129,7 @@ def test_chat_completions_stream_equals_the_pipeline(server, served_folder, pict
     assert len([c for c in chunks if c]) > 1, "the reply came in one piece: not streamed"
     reply = "".join(chunks)
     assert reply.strip()
-    assert reply == transformers_reply(served_folder, picture)
+    assert reply == transformers_reply(converted_folder, picture)
 
 
 def test_models_endpoint_names_the_folder(server, served_folder):

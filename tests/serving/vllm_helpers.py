@@ -16,9 +16,14 @@ HEAD_DIM_64 = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_head
 RELEASE_ROPE = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}
 
 
-def build_served_folder(root: Path, pixel_shuffle_loc: str = "pre", **text_overrides) -> Path:
-    """A tiny random HoVLE with InternLM2's real tokenizer, the release's rope and 448 px tiles (256 tokens each),
-    converted."""
+# The folders every parity test serves: an original release as it is, and the folder `hovle convert` makes of it.
+LAYOUTS = ("converted", "release")
+
+
+def build_served_folders(root: Path, pixel_shuffle_loc: str = "pre", **text_overrides) -> dict[str, Path]:
+    """A tiny random HoVLE with InternLM2's real tokenizer, the release's rope and 448 px tiles (256 tokens each), in
+    both layouts: "release" (the release's files: original weight names, config.json and tokenizer files) and
+    "converted" (`hovle convert` of it)."""
     text_overrides.setdefault("rope_parameters", RELEASE_ROPE)
     from hovle.conversion.to_transformers import convert
     from hovle.testing import tiny_config_real_vocab, write_original_checkpoint
@@ -27,4 +32,4 @@ def build_served_folder(root: Path, pixel_shuffle_loc: str = "pre", **text_overr
     source = write_original_checkpoint(root / "original", config, seed=0)
     for name in TOKENIZER_FILES:
         shutil.copy(RELEASE_TOKENIZER / name, source / name)
-    return convert(source, root / "hovle-tiny", dtype="float32", progress=False)
+    return {"release": source, "converted": convert(source, root / "hovle-tiny", dtype="float32", progress=False)}
