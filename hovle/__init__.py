@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 from .after_import import after_imports, is_being_imported
 
@@ -43,13 +44,21 @@ def register_release_loading() -> None:
     register()
 
 
+def embedded_release() -> Path:
+    """The folder of the demo model shipped inside the package: a tiny HoVLE trained on synthetic shapes
+    (`hovle.shapes_task`; not HoVLE's weights), in the original release's layout (`config.json` with
+    `embedding_config`/`llm_config`, `model.safetensors` with fused `wqkv`, the InternLM2 tokenizer files), so it
+    loads and converts as the release does. Its recipe: `scripts/train_embedded_release.py`."""
+    return Path(__file__).resolve().parent / "embedded_release"
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [*_LAZY, "__version__", "register_auto_classes", "register_release_loading"]
+__all__ = [*_LAZY, "__version__", "embedded_release", "register_auto_classes", "register_release_loading"]
 
 
 def _register_release_config(just_imported: str | None = None) -> bool:

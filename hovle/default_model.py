@@ -102,21 +102,28 @@ def tiny_corpus(lines: int = 4000, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) for _ in range(lines)]
 
 
-def write_tiny_tokenizer(folder: str | Path, add_dummy_prefix: bool = False, vocab_size: int = 1020) -> Path:
+def write_tiny_tokenizer(
+    folder: str | Path,
+    add_dummy_prefix: bool = False,
+    vocab_size: int = 1020,
+    corpus: list[str] | None = None,
+    chat_pieces: list[str] | None = None,
+) -> Path:
     """A sentencepiece BPE `tokenizer.model` with InternLM2's special pieces (ids: <unk> 0, <s> 1, </s> 2, chat
-    pieces 3-8) and a `tokenizer_config.json` listing the added image tokens after it, as the release has them."""
+    pieces 3-8, named `chat_pieces`, default `CHAT_PIECES`) and a `tokenizer_config.json` listing the added image
+    tokens after it, as the release has them. `corpus`: the text the pieces are learned from (`tiny_corpus()`)."""
     import sentencepiece
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(tiny_corpus()),
+        sentence_iterator=iter(corpus or tiny_corpus()),
         model_prefix=str(folder / "tokenizer"),
         vocab_size=vocab_size,
         model_type="bpe",
         byte_fallback=True,
         character_coverage=1.0,
-        user_defined_symbols=CHAT_PIECES,
+        user_defined_symbols=chat_pieces or CHAT_PIECES,
         unk_id=0,
         bos_id=1,
         eos_id=2,
