@@ -11,8 +11,11 @@ export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.inductor-cache
 install:
 	scripts/install.sh $(VENV)
 
-demo: install            ## `hovle chat` on the embedded default: a tiny untrained model built offline
-	HF_HUB_OFFLINE=1 $(VENV)/bin/hovle chat --image scripts/sample.png "What is in this picture?"
+# `make demo` asks hovle.shapes_task.SAMPLE_QUESTION about scripts/sample.png (read from there: one place for it).
+demo: install            ## offline `hovle chat` + quickstart on the embedded demo model (trained on synthetic shapes, not HoVLE's weights)
+	@question="$$($(PY) -m hovle.shapes_task --sample-question)" && \
+	echo "hovle chat --image scripts/sample.png \"$$question\"" && \
+	HF_HUB_OFFLINE=1 $(VENV)/bin/hovle chat --image scripts/sample.png "$$question"
 	HF_HUB_OFFLINE=1 $(PY) scripts/quickstart.py
 
 test: install            ## the whole suite (about 4-6 minutes on 2 cores), transformers' common model tests included

@@ -1,7 +1,9 @@
 """The HoVLE chat demo as a Hugging Face Space runs it (`python app.py`, gradio SDK): `hovle demo` with settings from
 the environment.
 
-    HOVLE_MODEL            HoVLE release or converted folder, local or Hub id (unset: the tiny RANDOM, UNTRAINED default, built offline)
+    HOVLE_MODEL            HoVLE release or converted folder, local or Hub id, e.g. OpenGVLab/HoVLE (unset: the embedded
+                           demo model, `hovle.embedded_release()`: a tiny HoVLE trained on synthetic shapes, not
+                           HoVLE's weights; the page says so)
     HOVLE_DEVICE           auto (default: CUDA when present, else CPU), cpu, cuda, ...
     HOVLE_TRUST_REMOTE_CODE=1  load with the model repository's own code instead of the installed package's
 
@@ -14,7 +16,7 @@ import os
 from hovle.demo import build_app, load_engine
 
 engine = load_engine(
-    os.environ.get("HOVLE_MODEL") or None,
+    os.environ.get("HOVLE_MODEL") or None,  # None: the embedded demo model
     device=os.environ.get("HOVLE_DEVICE", "auto"),
     trust_remote_code=os.environ.get("HOVLE_TRUST_REMOTE_CODE") == "1",
 )

@@ -3,8 +3,9 @@
 The model, configuration, processor and chat layer are also what a converted Hub folder ships as remote code.
 Submodules: `conversion` (original checkpoint <-> transformers folder), `training` (the paper's three stages),
 `cpu_decoding`, `quantization`, `testing` (offline fixtures), `cli` (the `hovle` command), `commands` (what the
-commands share: user errors, device and dtype choice, `load_for_inference`), `default_model` (the tiny untrained
-model the commands run without `--model`).
+commands share: user errors, device and dtype choice, `load_for_inference`), `shapes_task` (the synthetic task of
+the demo model the commands run without `--model`, `embedded_release()`), `default_model` (the tiny builders the
+fixtures and that model's recipe start from).
 """
 
 from __future__ import annotations

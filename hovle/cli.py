@@ -6,8 +6,9 @@
     hovle export --input DIR --output DST                               Hub folder -> original layout
     hovle train --model DIR --data train.jsonl --stage 1|2|3 --output OUT  fine-tune (see hovle.training.train)
 
-With no `--model`, `chat` builds a tiny RANDOM, UNTRAINED HoVLE offline (original layout -> conversion -> load),
-so the whole path runs anywhere; its replies are noise by construction.
+With no `--model`, `chat` and `demo` run the embedded demo model (`hovle.embedded_release()`, shipped in the package,
+offline): a tiny HoVLE trained on synthetic shapes (`hovle.shapes_task`), NOT HoVLE's weights, which answers only
+that task's questions (shape, colour, a description) about such images. `--model OpenGVLab/HoVLE` runs the real model.
 
 Models load with this installed package's code; `--trust-remote-code` runs the folder's own copy instead, as
 transformers does it. Arguments are defined here, without importing torch, so `--help` answers at once; each
@@ -41,7 +42,8 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("question")
     parser.add_argument(
         "--model",
-        help="HoVLE release (e.g. OpenGVLab/HoVLE) or converted folder, local or Hub id (default: tiny untrained model)",
+        help="HoVLE release (e.g. OpenGVLab/HoVLE) or converted folder, local or Hub id (default: the embedded demo "
+        "model, trained on synthetic shapes, not HoVLE's weights)",
     )
     parser.add_argument("--image", action="append", default=[], type=Path, help="image file (repeatable)")
     parser.add_argument("--system", help="system message (empty string: none)")

@@ -11,17 +11,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .errors import HoVLEUserError
 
-UNTRAINED_BANNER = (
-    "[hovle] No --model given: using a tiny RANDOM, UNTRAINED model built offline. Its replies are noise.\n"
-    "[hovle] For the real model, convert the release once (hovle convert --input OpenGVLab/HoVLE --output "
-    "./HoVLE-hf) and pass --model ./HoVLE-hf, or the Hub id of a converted copy you pushed."
+# What the commands run without `--model` (`hovle.embedded_release()`), said in one place: `hovle chat`'s note and the
+# demo page's label both start from it.
+EMBEDDED_MODEL_DESCRIPTION = (
+    "the embedded demo model, a tiny HoVLE trained on synthetic shapes (hovle.shapes_task), not HoVLE's weights"
+)
+EMBEDDED_MODEL_NOTE = (
+    f"[hovle] No --model given: using {EMBEDDED_MODEL_DESCRIPTION}; for the real model pass --model OpenGVLab/HoVLE."
 )
 # `--dtype` names -> what `from_pretrained(dtype=...)` takes ("auto": the folder's own dtype).
 DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
@@ -126,25 +127,22 @@ def load_for_inference(
     compile: bool = False,
     announce: bool = True,
 ) -> Loaded:
-    """Load a HoVLE release or converted folder, local or Hub id (None: the tiny untrained default, built offline, with a banner) and make it
-    ready to generate: moved to `device` (`auto`: CUDA when present), int8 linear layers when `int8`, and on the CPU
-    the static-cache fast path (`fast_cpu_decoding`, compiled when `compile`). `announce`: a status line while
-    loading."""
+    """Load a HoVLE release or converted folder, local or Hub id (None: the embedded demo model,
+    `hovle.embedded_release()`, with a note saying what it is) and make it ready to generate: moved to `device`
+    (`auto`: CUDA when present), int8 linear layers when `int8`, and on the CPU the static-cache fast path
+    (`fast_cpu_decoding`, compiled when `compile`). `announce`: a status line while loading."""
+    from . import embedded_release
     from .loading import load_model_and_processor
 
     device = resolve_device(device)
     if int8 and not device.startswith("cpu"):
         raise UserError(f"--int8: int8 weight-only quantisation is a CPU path; the model would be on {device}")
-    with tempfile.TemporaryDirectory(prefix="hovle-default-") as scratch:
-        path = model
-        if model is None:
-            from .default_model import build_default_model
-
-            print(UNTRAINED_BANNER, file=sys.stderr)
-            path = build_default_model(Path(scratch))
-        elif announce:
-            status(f"Loading {model} ...")
-        loaded, processor = load_model_and_processor(path, trust_remote_code, dtype=torch_dtype(dtype))
+    if model is None:
+        print(EMBEDDED_MODEL_NOTE, file=sys.stderr, flush=True)
+        model = embedded_release()  # a release folder: the same load path as OpenGVLab/HoVLE
+    elif announce:
+        status(f"Loading {model} ...")
+    loaded, processor = load_model_and_processor(model, trust_remote_code, dtype=torch_dtype(dtype))
     loaded = loaded.to(device).eval()
     if int8:
         from .quantization import quantize_linear_int8

@@ -1,7 +1,9 @@
-"""The tiny RANDOM, UNTRAINED HoVLE that `hovle chat` and `hovle demo` run without `--model`, built offline and
-deterministically: a checkpoint in the *original* release layout (shapes from the layout's key table run backwards
-over a meta-device model, so it has exactly a real one's keys, just smaller) and a tiny sentencepiece tokenizer,
-converted as a real release is. `hovle.testing` builds its fixtures from the same pieces.
+"""The tiny HoVLE builders, offline and deterministic: a config (`tiny_config`), a random checkpoint in the
+*original* release layout (shapes from the layout's key table run backwards over a meta-device model, so it has
+exactly a real one's keys, just smaller) and a tiny sentencepiece tokenizer with the release's special pieces.
+`hovle.testing` builds its fixtures from them, and the embedded demo model's recipe
+(`scripts/train_embedded_release.py`) starts from the same pieces; the commands' default model is that trained
+release (`hovle.embedded_release()`), not anything built here.
 """
 
 from __future__ import annotations
@@ -141,13 +143,3 @@ def write_tiny_tokenizer(
     config = {"tokenizer_class": "InternLM2Tokenizer", "added_tokens_decoder": added, "add_bos_token": True}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return folder
-
-
-def build_default_model(folder: Path) -> Path:
-    """Tiny original-format checkpoint + tokenizer in `folder`, converted like a real one; returns the converted
-    folder."""
-    from .conversion.to_transformers import convert
-
-    source = write_original_checkpoint(folder / "original", tiny_config("pre"), seed=0)
-    write_tiny_tokenizer(source)
-    return convert(source, folder / "hovle-tiny", dtype="float32", progress=False)

@@ -3,8 +3,9 @@
     hovle demo [--model DIR_OR_HUB_ID] [--host 127.0.0.1] [--port 7860] [--share]
 
 Upload one or several images, ask, and the reply streams in; the conversation keeps its turns (and their images)
-until "New conversation". With no `--model` the tiny RANDOM, UNTRAINED default of `hovle chat` is built offline and
-the page says so. The model runs on CUDA when there is one, otherwise on the CPU through `fast_cpu_decoding`.
+until "New conversation". With no `--model` it runs `hovle chat`'s default, the embedded demo model
+(`hovle.embedded_release()`: a tiny HoVLE trained on synthetic shapes, not HoVLE's weights), and the page says so.
+The model runs on CUDA when there is one, otherwise on the CPU through `fast_cpu_decoding`.
 
 The model side (`ChatEngine`) needs no gradio: it turns turns into the chat template's messages, checks them
 (`DemoError`: a bad image, too many images, a conversation longer than the model's context) and streams the reply
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .commands import (
+    EMBEDDED_MODEL_DESCRIPTION,
     UserError,
     add_trust_remote_code_argument,
     load_for_inference,
@@ -32,6 +34,7 @@ from .commands import (
     to_model,
 )
 from .errors import HoVLEUserError
+from .shapes_task import COLORS, QUESTIONS, SHAPES
 
 DEFAULT_MAX_IMAGES = 4
 DEFAULT_MAX_TILES = 6
@@ -41,10 +44,11 @@ MAX_NEW_TOKENS_LIMIT = 2048
 CPU_MAX_NEW_TOKENS = 64
 CUDA_MAX_NEW_TOKENS = 512
 
-UNTRAINED_LABEL = (
-    "**This is a tiny RANDOM, UNTRAINED model built offline: its replies are noise.** "
-    "For the real model, convert the release once (`hovle convert --input OpenGVLab/HoVLE --output ./HoVLE-hf`) and "
-    "start the demo with `--model ./HoVLE-hf` (or set `HOVLE_MODEL` for `app.py`)."
+_TASK_QUESTIONS = ", ".join(f'"{question}"' for question in QUESTIONS.values())
+EMBEDDED_MODEL_LABEL = (
+    f"**This is {EMBEDDED_MODEL_DESCRIPTION}.** It knows one task: one shape ({', '.join(SHAPES)}) of one colour "
+    f"({', '.join(COLORS)}) on a plain background, and the questions {_TASK_QUESTIONS}. For the real model start the "
+    "demo with `--model OpenGVLab/HoVLE` (or set `HOVLE_MODEL` for `app.py`)."
 )
 
 
@@ -85,14 +89,14 @@ class ChatEngine:
         processor,
         *,
         source: str,
-        untrained: bool = False,
+        embedded: bool = False,
         max_images: int = DEFAULT_MAX_IMAGES,
         generate_kwargs: dict[str, Any] | None = None,
     ):
         self.model = model
         self.processor = processor
         self.source = source
-        self.untrained = untrained
+        self.embedded = embedded
         self.max_images = max_images
         # Device-specific generate() arguments (the CPU fast path's); the page's settings come on top.
         self.generate_kwargs = dict(generate_kwargs or {})
@@ -205,13 +209,14 @@ def load_engine(
     trust_remote_code: bool = False,
     max_images: int = DEFAULT_MAX_IMAGES,
 ) -> ChatEngine:
-    """A `ChatEngine` for a HoVLE release or converted folder (local or Hub id), or for the tiny untrained default when `model` is None."""
+    """A `ChatEngine` for a HoVLE release or converted folder (local or Hub id), or for the embedded demo model
+    (`hovle.embedded_release()`) when `model` is None."""
     loaded = load_for_inference(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     return ChatEngine(
         loaded.model,
         loaded.processor,
-        source=model or "tiny untrained default",
-        untrained=model is None,
+        source=model or "embedded demo model (hovle.embedded_release())",
+        embedded=model is None,
         max_images=max_images,
         generate_kwargs=loaded.generate_kwargs,
     )
@@ -271,8 +276,8 @@ def build_app(engine: ChatEngine, max_new_tokens: int | None = None):
         gr.Markdown(
             f"# HoVLE\nA monolithic vision-language model. Model: `{engine.source}` on `{engine.model.device}`."
         )
-        if engine.untrained:
-            gr.Markdown(UNTRAINED_LABEL, elem_id="hovle-untrained")
+        if engine.embedded:
+            gr.Markdown(EMBEDDED_MODEL_LABEL, elem_id="hovle-demo-model")
         chatbot = gr.Chatbot(label="Conversation", elem_id="hovle-chatbot", height=420)
         with gr.Row():
             files = gr.File(
@@ -308,10 +313,14 @@ def build_app(engine: ChatEngine, max_new_tokens: int | None = None):
 # -- `hovle demo` -------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`hovle demo`'s options (no heavy imports: `--help` answers at once)."""
-    parser.description = "Serve a Gradio chat page for a converted HoVLE (default: the tiny untrained model)."
+    parser.description = (
+        "Serve a Gradio chat page for a HoVLE release or converted folder (default: the embedded demo model, a tiny "
+        "HoVLE trained on synthetic shapes, not HoVLE's weights)."
+    )
     parser.add_argument(
         "--model",
-        help="HoVLE release (e.g. OpenGVLab/HoVLE) or converted folder, local or Hub id (default: tiny untrained model)",
+        help="HoVLE release (e.g. OpenGVLab/HoVLE) or converted folder, local or Hub id (default: the embedded demo "
+        "model, trained on synthetic shapes, not HoVLE's weights)",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])

@@ -10,6 +10,11 @@ The task, exactly:
 * questions (`QUESTIONS`) and answers: shape -> `circle` | `square` | `triangle`; color -> `red` | `green` | `blue` |
   `yellow`; describe -> e.g. `a red circle`. The reply is the answer alone (then `<|im_end|>`).
 
+`scripts/sample.png`, the image `make demo` and the demo's tests ask about, is `sample_image()` saved as PNG;
+`SAMPLE_QUESTION` is the one question they ask about it (its kind: `SAMPLE_KIND`). Regenerate the image with
+
+    python -m hovle.shapes_task --write-sample scripts/sample.png
+
 Nothing here imports torch: generating data and scoring replies need only PIL and the standard library.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +41,13 @@ MIN_SIDE, MAX_SIDE, MAX_ASPECT = 32, 1024, 4.0
 BACKGROUND_RANGE = (190, 255)
 COLOR_SPREAD = 40
 SIZE_RANGE = (0.3, 0.8)
+# The sample (`scripts/sample.png`): seed 1 draws a 214x150 red circle, a size a page shows whole. The question that
+# `make demo`, `scripts/quickstart.py` and the tests of `hovle chat`, of the demo page and of lmms-eval ask is
+# `QUESTIONS[SAMPLE_KIND]`: its kind is chosen here and nowhere else, and each expected answer is
+# `ShapeSample.answer(SAMPLE_KIND)`.
+SAMPLE_SEED = 1
+SAMPLE_KIND = "describe"
+SAMPLE_QUESTION = QUESTIONS[SAMPLE_KIND]
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,19 @@ def generate(count: int, seed: int) -> Iterator[ShapeSample]:
         yield draw_sample(rng, SHAPES[index % len(SHAPES)], list(COLORS)[(index // len(SHAPES)) % len(COLORS)])
 
 
+def sample_image(seed: int = SAMPLE_SEED) -> ShapeSample:
+    """The sample image (`scripts/sample.png` is this, saved as PNG) and what it shows: one task image drawn from
+    `seed`."""
+    return draw_sample(random.Random(seed))
+
+
+def write_sample(path: str | Path, seed: int = SAMPLE_SEED) -> ShapeSample:
+    """Save `sample_image(seed)` at `path` (PNG, lossless, so the file is the generated image pixel for pixel)."""
+    sample = sample_image(seed)
+    sample.image.save(path, format="PNG")
+    return sample
+
+
 def chat(question: str, answer: str | None = None) -> list[dict]:
     """The chat-template messages of one question about one image (and its reply, for training data)."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -114,22 +140,31 @@ def training_chat(sample: ShapeSample, kinds: list[str]) -> list[dict]:
     return messages
 
 
-def write_chat_data(folder: str | Path, count: int, seed: int, name: str = "train.jsonl") -> Path:
-    """`count` images as PNG files in `folder/images/` and one `hovle train` chat line per image in `folder/name`: the
-    three questions in turn, in an order drawn with `seed` (so that each comes first, as at inference, a third of
-    the time); returns the data file."""
+# The training data's two files (`write_chat_data`): the shape question alone, and all three questions in turn.
+SHAPE_DATA, CHAT_DATA = "shape.jsonl", "chat.jsonl"
+
+
+def write_chat_data(folder: str | Path, count: int, seed: int) -> Path:
+    """`count` images as PNG files in `folder/images/` and two `hovle train` chat files over them: `SHAPE_DATA`, one
+    line per image asking its shape alone, and `CHAT_DATA`, one line per image asking the three questions in turn, in
+    an order drawn with `seed` (so that each comes first, as at inference, a third of the time); returns `folder`.
+
+    Two files because the recipe trains in that order: a model from scratch given the three questions at once learns
+    the colour (one mean over the pixels) within a hundred steps and then stays at chance on the shape for thousands
+    (measured at width 128), while the shape question alone is learned in a few hundred, and the colours after it."""
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    lines = []
+    shape_lines, chat_lines = [], []
     for index, sample in enumerate(generate(count, seed)):
         relative = f"images/{index:06d}.png"
         sample.image.save(folder / relative)
+        shape_lines.append({"messages": chat(QUESTIONS["shape"], sample.shape), "images": [relative]})
         kinds = rng.sample(list(QUESTIONS), len(QUESTIONS))
-        lines.append({"messages": training_chat(sample, kinds), "images": [relative]})
-    path = folder / name
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
+        chat_lines.append({"messages": training_chat(sample, kinds), "images": [relative]})
+    for name, lines in ((SHAPE_DATA, shape_lines), (CHAT_DATA, chat_lines)):
+        (folder / name).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder
 
 
 def normalize_reply(reply: str) -> str:
@@ -150,3 +185,26 @@ def accuracy(samples: list[ShapeSample], replies: Mapping[str, list[str]]) -> di
             raise ValueError(f"{len(answers)} {kind} replies for {len(samples)} samples")
         scores[kind] = sum(is_correct(r, s.answer(kind)) for r, s in zip(answers, samples, strict=True)) / len(samples)
     return scores
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m hovle.shapes_task`: write the sample image, or print the question asked about it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m hovle.shapes_task", description=main.__doc__)
+    parser.add_argument("--write-sample", metavar="PATH", type=Path, help="write the sample image there (PNG)")
+    parser.add_argument("--seed", type=int, default=SAMPLE_SEED, help=f"the sample's seed (default {SAMPLE_SEED})")
+    parser.add_argument("--sample-question", action="store_true", help="print SAMPLE_QUESTION (what make demo asks)")
+    args = parser.parse_args(argv)
+    if not args.write_sample and not args.sample_question:
+        parser.error("nothing to do: give --write-sample PATH and/or --sample-question")
+    if args.write_sample:
+        sample = write_sample(args.write_sample, args.seed)
+        width, height = sample.image.size
+        print(f"Wrote {args.write_sample}: {width}x{height}, a {sample.color} {sample.shape}", file=sys.stderr)
+    if args.sample_question:
+        print(SAMPLE_QUESTION)
+
+
+if __name__ == "__main__":
+    main()

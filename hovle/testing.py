@@ -16,7 +16,7 @@ from PIL import Image
 
 from .configuration_hovle import HoVLEConfig
 from .conversion.config_map import image_marker_ids
-from .default_model import (  # noqa: F401 - the fixtures' builders, shared with the default model
+from .default_model import (  # noqa: F401 - the fixtures' builders, shared with the demo model's recipe
     CHAT_PIECES,
     TINY_ADDED_TOKENS,
     TINY_IMAGE_TOKEN,

@@ -126,7 +126,9 @@ def build_fixtures(root: Path) -> Path:
         write_tiny_tokenizer(source)
     convert(base / HUB_IDS["OpenGVLab/HoVLE"], root / CONVERTED, dtype="bfloat16", progress=False)
     tiny_internvl_teacher().save_pretrained(base / "InternVL-hf")
-    Image.open(REPO / "scripts" / "sample.png").convert("RGB").save(base / "photo.jpg")
+    # A reader's photo, any picture: the pages' Hub-id models are random, so what they reply to it is noise either way
+    # (the blocks that run the embedded demo model ask about images of its own task).
+    Image.radial_gradient("L").convert("RGB").resize((128, 96)).save(base / "photo.jpg")
     for seed, name in enumerate(("a.jpg", "b.jpg")):
         Image.effect_noise((96 + 64 * seed, 72), 40 + seed).convert("RGB").save(base / name)
     question = [{"type": "image"}, {"type": "text", "text": "What is in this picture?"}]

@@ -1,7 +1,8 @@
-"""The main job end to end, offline: original-format checkpoint -> converted Hub folder -> AutoModel -> generate.
+"""The main job end to end, offline: original-format release -> converted Hub folder -> AutoModel -> a reply.
 
-With no argument it builds a TINY, RANDOM, UNTRAINED checkpoint in the original release layout (its output is
-noise by construction); pass an original-format folder or Hub id to convert a real one instead.
+With no argument it converts the embedded demo model (`hovle.embedded_release()`: a tiny HoVLE trained on synthetic
+shapes, `hovle.shapes_task`; not HoVLE's weights) and asks it about `scripts/sample.png`; pass an original-format
+folder or Hub id to convert a real release instead.
 
     python scripts/quickstart.py [--input OpenGVLab/HoVLE] [--output ./HoVLE-hf]
 """
@@ -11,37 +12,45 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
+import hovle
+from hovle.commands import EMBEDDED_MODEL_DESCRIPTION
 from hovle.conversion.to_transformers import convert
-from hovle.testing import tiny_config, write_original_checkpoint
+from hovle.shapes_task import SAMPLE_KIND, SAMPLE_QUESTION, chat, sample_image
+
+SAMPLE = Path(__file__).resolve().parent / "sample.png"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", help="original-format folder or Hub id (default: a tiny random checkpoint)")
+    parser.add_argument("--input", help="original-format folder or Hub id (default: the embedded demo model)")
     parser.add_argument("--output", help="where to write the converted folder (default: a temporary folder)")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="hovle-quickstart-"))
     source = args.input
     if source is None:
-        print("No --input: building a tiny RANDOM, UNTRAINED HoVLE checkpoint (original layout); outputs are noise.")
-        source = write_original_checkpoint(work / "original", tiny_config("pre"), seed=0)
-    output = Path(args.output) if args.output else work / "hovle-hf"
+        source = hovle.embedded_release()
+        print(f"No --input: converting {EMBEDDED_MODEL_DESCRIPTION} ({source}).")
+    output = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="hovle-quickstart-")) / "hovle-hf"
     convert(source, output, dtype="bfloat16")
     print(f"Converted folder: {output} -> {sorted(p.name for p in output.iterdir())}")
 
+    # The converted folder's own code (trust_remote_code), as in an environment without this package.
     model = AutoModelForImageTextToText.from_pretrained(output, trust_remote_code=True, dtype=torch.float32)
-    config = model.config
-    tiles = 2
-    image = [config.image_start_token_id] + [config.image_token_id] * (tiles * config.tokens_per_tile)
-    prompt = torch.tensor([[config.text_config.bos_token_id, *image, config.image_end_token_id, 5, 6, 7]])
-    side = config.embedding_config.image_size
-    pixel_values = torch.randn(tiles, 3, side, side, generator=torch.Generator().manual_seed(0))
-    generated = model.generate(input_ids=prompt, pixel_values=pixel_values, max_new_tokens=8, do_sample=False)
-    print(f"Loaded {type(model).__name__} via AutoModelForImageTextToText (trust_remote_code)")
-    print(f"Greedy token ids after a {tiles}-tile image prompt: {generated[0, prompt.shape[1] :].tolist()}")
+    processor = AutoProcessor.from_pretrained(output, trust_remote_code=True)
+    print(f"Loaded {type(model).__name__} and {type(processor).__name__} via the Auto classes (trust_remote_code)")
+
+    image = Image.open(SAMPLE).convert("RGB")
+    prompt = processor.apply_chat_template(chat(SAMPLE_QUESTION), add_generation_prompt=True, tokenize=False)
+    inputs = processor(images=[image], text=prompt, return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=32, do_sample=False)
+    reply = processor.tokenizer.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    print(f"{SAMPLE.name} ({image.width}x{image.height}): {SAMPLE_QUESTION}")
+    print(f"Reply: {reply}")
+    if args.input is None:  # the demo model's task: the generator knows the answer
+        print(f"The task's answer: {sample_image().answer(SAMPLE_KIND)}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ Steps, each through the package's own commands (so the demo model goes through t
    and a small sentencepiece tokenizer with the release's special and chat tokens (the chat pieces renamed by
    `tokenizer_config.json` as InternLM2's `[UNUSED_TOKEN_141..146]` are, the 9 InternVL tokens added after it);
 2. `hovle convert`;
-3. `hovle train --stage 2` (the embedding module learns, the LLM frozen), then `--stage 3` (everything), on
-   generated chat data; stage 1 (distillation) is skipped: it needs a pre-trained teacher whose image features
-   already live in the LLM's space, and a randomly initialised LLM has no such teacher;
+3. `hovle train --stage 2` (the embedding module learns, the LLM frozen), then `--stage 3` (everything) twice on
+   generated data: first the shape question alone (`--shape-steps`), then all three questions (`--steps`): asked
+   all three from the start, a model from scratch learns the colours and stays at chance on the shapes (see
+   `hovle.shapes_task.write_chat_data`). Stage 1 (distillation) is skipped: it needs a pre-trained teacher whose
+   image features already live in the LLM's space, and a randomly initialised LLM has no such teacher;
 4. `hovle export` back to the original layout (bfloat16, as the release ships), then the tokenizer files, and the
    result replaces `--output`.
 
@@ -41,7 +43,7 @@ from hovle.conversion.config_map import image_marker_ids, original_config_from_h
 from hovle.conversion.layout import expected_original_shapes
 from hovle.default_model import CHAT_PIECES, tiny_config, tiny_corpus, write_tiny_tokenizer
 from hovle.processing_hovle import DEFAULT_SYSTEM_MESSAGE
-from hovle.shapes_task import COLORS, QUESTIONS, SHAPES, write_chat_data
+from hovle.shapes_task import CHAT_DATA, COLORS, QUESTIONS, SHAPE_DATA, SHAPES, write_chat_data
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDER = REPOSITORY / "hovle" / "embedded_release"
@@ -53,9 +55,11 @@ SPM_VOCAB = 503  # + 9 added tokens = 512
 # Lookup tables (a row is read, not multiplied): initialised at unit scale.
 TABLES = ("llm_text_embeddings.weight", "tok_embeddings.weight", "position_embedding", "class_embedding")
 # The shipped model's recipe (the defaults of the command line).
-HIDDEN, TILE, PATCH, MAX_TILES = 128, 28, 14, 6  # 28 px tiles of 2x2 patches -> one image token per tile
-IMAGES, BATCH_SIZE, LR = 6000, 16, 1e-3
-STAGE2_STEPS, STEPS = 50, 3000
+# 56 px tiles of 8x8 patches of 7 px -> 16 image tokens per tile, each from 14x14 px (14 px patches, 4 tokens a
+# tile, did not learn the shapes in 1500 steps; 7 px ones, seen through the projector in pairs of rows, did).
+HIDDEN, TILE, PATCH, MAX_TILES = 128, 56, 7, 6
+IMAGES, BATCH_SIZE, LR = 8000, 16, 1e-3
+STAGE2_STEPS, SHAPE_STEPS, STEPS = 50, 700, 500
 
 MODEL_CARD = """# HoVLE demo model (synthetic shapes)
 
@@ -66,7 +70,18 @@ release's layout so that it loads, converts and serves through the same code as 
 
 Recipe: `python scripts/train_embedded_release.py {arguments}` in the hovle repository.
 """
-RECIPE_ARGUMENTS = ("images", "steps", "stage2_steps", "batch_size", "lr", "hidden", "tile", "patch", "max_tiles")
+RECIPE_ARGUMENTS = (
+    "images",
+    "shape_steps",
+    "steps",
+    "stage2_steps",
+    "batch_size",
+    "lr",
+    "hidden",
+    "tile",
+    "patch",
+    "max_tiles",
+)
 
 
 def write_model_card(output: Path, args: argparse.Namespace) -> None:
@@ -174,23 +189,23 @@ def hovle_command(*arguments: str, threads: int | None = None) -> None:
 
 
 def train_stages(converted: Path, data: Path, work: Path, args: argparse.Namespace) -> Path:
-    """`hovle train` stage 2 for `--stage2-steps`, then stage 3 for `--steps`; returns the trained folder."""
-    common = ["--data", str(data), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    """`hovle train` stage 2 for `--stage2-steps`, stage 3 on the shape question for `--shape-steps`, then stage 3 on
+    the three questions for `--steps`; returns the trained folder."""
+    common = ["--batch-size", str(args.batch_size), "--seed", str(args.seed), "--lr", str(args.lr)]
     common += ["--max-length", "1024", "--cpu"]
-    aligned = work / "stage2"
-    if args.stage2_steps:
+    phases = [("stage2", "2", SHAPE_DATA, args.stage2_steps), ("shapes", "3", SHAPE_DATA, args.shape_steps)]
+    phases.append(("chat", "3", CHAT_DATA, args.steps))
+    folder = converted
+    for name, stage, data_file, steps in phases:
+        if not steps:
+            continue
+        output = work / name
         hovle_command(
-            "train", "--model", str(converted), "--stage", "2", "--output", str(aligned),
-            "--max-steps", str(args.stage2_steps), "--lr", str(args.lr), *common, threads=args.threads,
+            "train", "--model", str(folder), "--stage", stage, "--output", str(output), "--data",
+            str(data / data_file), "--max-steps", str(steps), *common, threads=args.threads,
         )  # fmt: skip
-    else:
-        aligned = converted
-    tuned = work / "stage3"
-    hovle_command(
-        "train", "--model", str(aligned), "--stage", "3", "--output", str(tuned),
-        "--max-steps", str(args.steps), "--lr", str(args.lr), *common, threads=args.threads,
-    )  # fmt: skip
-    return tuned
+        folder = output
+    return folder
 
 
 def build(args: argparse.Namespace) -> Path:
@@ -221,9 +236,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(PACKAGE_FOLDER), help="release folder to write (default: %(default)s)")
     parser.add_argument("--work", help="keep the intermediate folders here (default: a temporary folder, removed)")
-    parser.add_argument("--data", help="a chat JSON-lines file to train on instead of generated data")
+    parser.add_argument(
+        "--data",
+        help=f"a folder holding {SHAPE_DATA} and {CHAT_DATA} (`hovle.shapes_task.write_chat_data`) instead of generated data",
+    )
     parser.add_argument("--images", type=int, default=IMAGES, help="generated images (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=STEPS, help="stage-3 steps (default: %(default)s)")
+    parser.add_argument(
+        "--shape-steps",
+        type=int,
+        default=SHAPE_STEPS,
+        help="stage-3 steps on the shape question (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=STEPS, help="stage-3 steps on the three questions (default: %(default)s)"
+    )
     parser.add_argument("--stage2-steps", type=int, default=STAGE2_STEPS, help="stage-2 steps (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="(default: %(default)s)")
     parser.add_argument("--lr", type=float, default=LR, help="constant learning rate (default: %(default)s)")

@@ -1,12 +1,17 @@
-"""The `hovle` command line: the offline untrained default, streaming, and convert."""
+"""The `hovle` command line: the embedded demo model when no `--model` is given (a note says what it is, and it answers
+the sample image), streaming, and convert."""
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from hovle.cli import main
+from hovle.shapes_task import SAMPLE_KIND, SAMPLE_QUESTION, is_correct, sample_image
+
+SAMPLE_PNG = Path(__file__).resolve().parents[1] / "scripts" / "sample.png"
 
 
 def run_cli(*args):
@@ -24,10 +29,28 @@ def test_chat_default_model_is_labelled_and_streams(tmp_path):
     Image.new("RGB", (64, 48), "blue").save(image)
     result = run_cli("chat", "--image", str(image), "--max-new-tokens", "5", "What is this?")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "UNTRAINED" in result.stderr
-    assert "hovle convert --input OpenGVLab/HoVLE" in result.stderr  # how to get the real model
-    assert "OpenGVLab/HoVLE-hf" not in result.stderr  # no such Hub repository
+    notes = [line for line in result.stderr.splitlines() if "No --model given" in line]
+    assert len(notes) == 1, result.stderr  # one line
+    (note,) = notes
+    assert "embedded demo model" in note and "trained on synthetic shapes" in note and "hovle.shapes_task" in note
+    assert "not HoVLE's weights" in note and "--model OpenGVLab/HoVLE" in note  # what it is, how to get the real one
+    assert "UNTRAINED" not in result.stderr and "OpenGVLab/HoVLE-hf" not in result.stderr  # no such Hub repository
     assert result.stdout.strip(), "the streamed reply goes to stdout"
+    assert "No --model given" not in result.stdout, "the note goes to stderr, the reply alone to stdout"
+
+
+@pytest.mark.slow
+def test_chat_without_model_answers_the_sample_image():
+    """`make demo`'s command: the embedded demo model names what `scripts/sample.png` shows, as the generator drew it."""
+    from PIL import Image
+
+    sample = sample_image()
+    shipped = Image.open(SAMPLE_PNG).convert("RGB")
+    assert shipped.tobytes() == sample.image.tobytes(), "python -m hovle.shapes_task --write-sample scripts/sample.png"
+    result = run_cli("chat", "--image", str(SAMPLE_PNG), SAMPLE_QUESTION)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = sample.answer(SAMPLE_KIND)
+    assert is_correct(result.stdout, answer), (result.stdout, answer)
 
 
 @pytest.mark.slow
@@ -82,17 +105,36 @@ def refuse_to_load(*args, **kwargs):
 
 @pytest.mark.parametrize("with_model", [True, False])
 def test_chat_checks_images_before_loading_the_model(tmp_path, monkeypatch, capsys, converted_fixture, with_model):
-    import hovle.default_model
     import hovle.loading
 
+    # Without --model too: the embedded release loads through the same function.
     monkeypatch.setattr(hovle.loading, "load_model_and_processor", refuse_to_load)
-    monkeypatch.setattr(hovle.default_model, "build_default_model", refuse_to_load)
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
     model = ["--model", str(converted_fixture)] if with_model else []
     assert main(["chat", *model, "--image", str(bad), "What is this?"]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("error: ") and "bad.png is not an image" in err, err
+
+
+@pytest.mark.parametrize("with_model", [True, False])
+def test_chat_loads_the_embedded_release_only_without_model(tmp_path, monkeypatch, capsys, with_model):
+    """The commands' one load path gets `--model` when given (the embedded release is never loaded then, and no note
+    is printed), and the embedded release's folder otherwise."""
+    import hovle.loading
+
+    loaded = []
+
+    def record(path, *args, **kwargs):
+        loaded.append(Path(path))
+        raise hovle.loading.LoadError("stopped before loading")
+
+    monkeypatch.setattr(hovle.loading, "load_model_and_processor", record)
+    model = tmp_path / "some-model"
+    assert main(["chat", *(["--model", str(model)] if with_model else []), "Hello?"]) == 2
+    err = capsys.readouterr().err
+    assert loaded == [model if with_model else hovle.embedded_release()], loaded
+    assert ("No --model given" in err) is not with_model, err
 
 
 def test_chat_on_a_folder_without_tokenizer_names_the_cause_and_the_fix(converted_fixture, capsys):

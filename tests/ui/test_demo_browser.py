@@ -1,15 +1,21 @@
-"""`hovle demo` in a real browser: the server is started on 127.0.0.1 as a user starts it (no --model: the tiny
-untrained default), headless Chromium loads the page, uploads an image, asks, and the streamed reply must equal the
-greedy reply of the same model through `pipeline("image-text-to-text")`; an unreadable file must show an error in the
-page. A screenshot is kept in the test's temporary folder (its path is printed)."""
+"""`hovle demo` in a real browser: the server is started on 127.0.0.1 as a user starts it (no --model: the embedded
+demo model), headless Chromium loads the page, which says what the model is, uploads the sample image
+(`scripts/sample.png`), asks `hovle.shapes_task.SAMPLE_QUESTION`, and the streamed reply must be the sample's correct
+answer (the generator's label) and equal the greedy reply of the same model through `pipeline("image-text-to-text")`;
+an unreadable file must show an error in the page. A screenshot is kept in the test's temporary folder (its path is
+printed)."""
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 from ui_helpers import find_browser, free_port, pipeline_greedy_reply, stop, wait_for_http
+
+import hovle
+from hovle.shapes_task import SAMPLE_KIND, SAMPLE_QUESTION, is_correct, sample_image
 
 pytest.importorskip("gradio")
 pytest.importorskip("selenium")
@@ -21,7 +27,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 pytestmark = pytest.mark.slow
 MAX_NEW_TOKENS = 16
-QUESTION = "What is in this picture?"
+QUESTION = SAMPLE_QUESTION
+SAMPLE_PNG = Path(__file__).resolve().parents[2] / "scripts" / "sample.png"
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +64,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def expected_reply(tmp_path_factory):
-    """The default model's greedy reply, through the pipeline: built here as `hovle demo` builds it."""
-    from hovle.default_model import build_default_model
-
-    folder = build_default_model(tmp_path_factory.mktemp("default-model"))
-    image = Image.radial_gradient("L").convert("RGB").resize((120, 80))
-    return pipeline_greedy_reply(folder, [image], QUESTION, MAX_NEW_TOKENS)
+    """The embedded demo model's greedy reply about the sample, through the pipeline (the release folder as it is)."""
+    return pipeline_greedy_reply(hovle.embedded_release(), [Image.open(SAMPLE_PNG)], QUESTION, MAX_NEW_TOKENS)
 
 
 def element_text(driver, css: str) -> str:
@@ -85,17 +88,20 @@ def ask(driver, image_path, question: str) -> str:
     return finished
 
 
-def test_page_answers_like_the_pipeline_and_shows_errors(
-    server, browser, photo, broken_image, expected_reply, tmp_path
+def test_page_answers_the_sample_correctly_like_the_pipeline_and_shows_errors(
+    server, browser, broken_image, expected_reply, tmp_path
 ):
     browser.get(server)
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#hovle-question textarea"))
-    assert "RANDOM, UNTRAINED" in element_text(browser, "#hovle-untrained")
+    label = element_text(browser, "#hovle-demo-model")
+    assert "embedded demo model" in label and "trained on synthetic shapes" in label and "not HoVLE" in label, label
+    assert "UNTRAINED" not in browser.page_source
 
-    status = ask(browser, photo, QUESTION)
+    status = ask(browser, SAMPLE_PNG, QUESTION)
     assert status.startswith("Done"), status
     reply = browser.find_element(By.CSS_SELECTOR, "#hovle-reply textarea").get_attribute("value")
-    assert expected_reply.strip(), "the tiny model should say something"
+    answer = sample_image().answer(SAMPLE_KIND)
+    assert is_correct(reply, answer), (reply, answer)
     assert reply == expected_reply
     chat = element_text(browser, "#hovle-chatbot")
     assert QUESTION in chat

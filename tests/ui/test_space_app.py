@@ -1,6 +1,6 @@
 """`app.py` as a Hugging Face Space runs it: a Python with only this package and gradio (`HOVLE_SPACE_PYTHON`, made by
-`scripts/install_demo.sh`), on the CPU, with the tiny default model; the page must come up and carry the untrained
-label."""
+`scripts/install_demo.sh`), on the CPU, with no HOVLE_MODEL: the embedded demo model; the page must come up and carry
+the label saying what that model is."""
 
 import json
 import os
@@ -36,6 +36,7 @@ def test_app_py_serves_the_page_with_only_the_package_and_gradio(tmp_path):
     port = free_port()
     env = {
         **os.environ,
+        "HOVLE_MODEL": "",  # empty counts as unset: the embedded demo model
         "HF_HUB_OFFLINE": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
         "GRADIO_SERVER_NAME": "127.0.0.1",
@@ -47,6 +48,13 @@ def test_app_py_serves_the_page_with_only_the_package_and_gradio(tmp_path):
         process = subprocess.Popen([python, "app.py"], cwd=space, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         config = json.loads(wait_for_http(f"http://127.0.0.1:{port}/config", process, log))
-        assert "RANDOM, UNTRAINED" in json.dumps(config)
+        labels = [
+            component["props"].get("value")
+            for component in config["components"]
+            if component.get("props", {}).get("elem_id") == "hovle-demo-model"
+        ]
+        assert len(labels) == 1, json.dumps(config)[:3000]
+        assert "embedded demo model" in labels[0] and "trained on synthetic shapes" in labels[0], labels
+        assert "not HoVLE's weights" in labels[0] and "UNTRAINED" not in json.dumps(config), labels
     finally:
         stop(process)
