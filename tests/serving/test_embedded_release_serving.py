@@ -2,8 +2,8 @@
 folder it is (its weight names, config and tokenizer files; no conversion), CPU backend, float32, greedy: on the 200
 fresh images of `tests/test_embedded_release.py` it answers the shape and the colour questions (>= 0.95 each) with the
 replies of `pipeline("image-text-to-text")` on the same folder (float32, greedy, computed here in vLLM's environment),
-from the prompt ids of the transformers processor; the 400 requests submitted together in one `generate` call each
-equal the same request alone."""
+from the prompt ids of the transformers processor, and stops at the end of its turn as `pipeline()` does; the 400
+requests submitted together in one `generate` call each equal the same request alone."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from test_embedded_release import GREEDY, HELD_OUT_SEED, pipeline_replies
 from transformers import pipeline
 
 import hovle
+from hovle.processing_hovle import END_OF_TURN
 from hovle.shapes_task import QUESTIONS, accuracy, chat, generate
 
 pytestmark = pytest.mark.slow
@@ -95,9 +96,17 @@ def served(requests, tmp_path_factory, vllm_env) -> dict[str, dict[str, list[dic
 
 @pytest.fixture(scope="module")
 def vllm_replies(pipe, served) -> dict[str, list[str]]:
-    """vLLM's greedy tokens (the 400 submitted together) decoded as `pipeline()` decodes its own."""
+    """vLLM's greedy tokens (the 400 submitted together) up to the end of the turn, decoded as `pipeline()` decodes
+    its own: the reply `pipeline()` would give for the same tokens (it stops at `<|im_end|>`, its generation config's
+    end of sequence, and leaves it out of the text). Whether vLLM stops there by itself is
+    `test_vllm_stops_at_the_end_of_turn`'s question; greedy tokens before a stop do not depend on it."""
     decode = pipe.processor.post_process_image_text_to_text
-    return {kind: [decode(output["token_ids"]) for output in served["together"][kind]] for kind in KINDS}
+    end = pipe.processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    replies = {}
+    for kind in KINDS:
+        tokens = [output["token_ids"] for output in served["together"][kind]]
+        replies[kind] = [decode(ids[: ids.index(end)] if end in ids else ids) for ids in tokens]
+    return replies
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +149,18 @@ def test_batched_requests_equal_each_alone(served):
     for kind in KINDS:
         for index, (alone, together) in enumerate(zip(served["alone"][kind], served["together"][kind], strict=True)):
             assert together["token_ids"] == alone["token_ids"], (kind, index)
+
+
+def test_vllm_stops_at_the_end_of_turn(pipe, served):
+    """Served as it is, with vLLM's default sampling parameters, a reply ends at its first `<|im_end|>` (as with
+    `pipeline()`, `model.chat()` and `hovle chat`), so that `LLM.generate` and `vllm serve` give the answer alone."""
+    end = pipe.processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    continued = [
+        (kind, index, output["token_ids"])
+        for kind in KINDS
+        for index, output in enumerate(served["together"][kind])
+        if end in output["token_ids"][:-1]
+    ]
+    assert not continued, (
+        f"{len(continued)} of {2 * len(served['together'][KINDS[0]])} replies go on after {END_OF_TURN}: {continued[:3]}"
+    )
