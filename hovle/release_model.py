@@ -11,9 +11,8 @@ import inspect
 
 from .conversion.checkpoint_io import CheckpointError
 from .modeling_hovle import HoVLEForConditionalGeneration
+from .processing_hovle import END_OF_TURN
 from .release_processing import HUB_KWARGS, load_release_tokenizer
-
-END_OF_TURN = "<|im_end|>"
 
 
 class HoVLEReleaseForConditionalGeneration(HoVLEForConditionalGeneration):

@@ -36,13 +36,14 @@ from typing import Any
 from transformers import PreTrainedTokenizerFast
 
 from .conversion.checkpoint_io import CheckpointError
+from .conversion.config_map import chat_generation_config
 from .conversion.tokenizer import TOKENIZER_FILES, tokenizer_for_model
 from .errors import HoVLEUserError
-from .processing_hovle import HoVLEProcessor, build_processor
+from .processing_hovle import END_OF_TURN, HoVLEProcessor, build_processor
 
 RELEASE_TOKENIZER_CLASS = "InternLM2Tokenizer"
 # Bumped when what an entry holds changes; with the package's and `tokenizers`' versions, part of every key.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the entry holds the chat generation config too
 MANIFEST = "hovle-manifest.json"
 # `from_pretrained` keyword arguments that say where the release's files are (the rest go to the tokenizer).
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
@@ -95,8 +96,11 @@ def _entry_is_whole(entry: Path) -> bool:
 
 
 def _write_entry(tokenizer: PreTrainedTokenizerFast, config, folder: Path) -> None:
-    """The converter's tokenizer files (chat template included) and their manifest, into `folder`."""
+    """The converter's tokenizer files (chat template included), the generation config it writes (replies end at the
+    tokenizer's `<|im_end|>`) and their manifest, into `folder`."""
     build_processor(tokenizer, config).tokenizer.save_pretrained(folder)
+    end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    chat_generation_config(config.text_config, end_of_turn).save_pretrained(folder)
     manifest = {path.name: _sha256(path) for path in sorted(folder.iterdir()) if path.is_file()}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
@@ -169,6 +173,24 @@ def load_release_tokenizer(name: str | os.PathLike, config, **kwargs) -> PreTrai
     finally:
         if files.parent != tokenizer_cache_root():
             shutil.rmtree(files, ignore_errors=True)
+
+
+def release_generation_config_folder(name: str | os.PathLike, config, **hub_kwargs) -> Path | None:
+    """For a release `name` (folder or Hub id) without a `generation_config.json`: a folder holding the one `hovle
+    convert` would write (the release tokenizer's cache entry), for engines that read stop tokens only from such a
+    file (vLLM's `generation_config` option). None when the release has its own."""
+    from transformers.utils import cached_file
+
+    own = cached_file(
+        name,
+        "generation_config.json",
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **hub_kwargs,
+    )
+    if own is not None:
+        return None
+    return release_tokenizer_files(_source_folder(name, hub_kwargs), config)
 
 
 def _is_release(config) -> bool:

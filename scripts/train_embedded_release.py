@@ -14,9 +14,8 @@ Steps, each through the package's own commands (so the demo model goes through t
    all three from the start, a model from scratch learns the colours and stays at chance on the shapes (see
    `hovle.shapes_task.write_chat_data`). Stage 1 (distillation) is skipped: it needs a pre-trained teacher whose
    image features already live in the LLM's space, and a randomly initialised LLM has no such teacher;
-4. `hovle export` back to the original layout (bfloat16, as the release ships), then the tokenizer files and the
-   converted folder's `generation_config.json` (replies end at `<|im_end|>`, for engines that read only that file,
-   as vLLM does), and the result replaces `--output`.
+4. `hovle export` back to the original layout (bfloat16, as the release ships), then the tokenizer files, and the
+   result replaces `--output`.
 
 Seeded: the same arguments give the same data, the same start and the same training order (on one machine and
 thread count; floating point sums may differ between CPUs). Single-threaded it takes about the time printed at
@@ -226,10 +225,6 @@ def build(args: argparse.Namespace) -> Path:
     if output.exists():
         shutil.rmtree(output)
     shutil.copytree(exported, output)
-    # `hovle export` writes the release's files, and a release has no generation_config.json; the converted folder's
-    # (written by `hovle convert` from the tokenizer: replies end at <|im_end|>) ships with it, so that engines which
-    # read only that file (vLLM) stop there too.
-    shutil.copy2(trained / "generation_config.json", output / "generation_config.json")
     write_model_card(output, args)
     if not args.work:
         shutil.rmtree(work)

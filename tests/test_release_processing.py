@@ -150,6 +150,21 @@ def test_pipeline_replies_stop_at_im_end(release_and_converted):
     assert result[0]["generated_text"].strip() == "The answer , it 's a cat ."
 
 
+def test_generation_config_for_engines_is_the_converters(release_and_converted, tmp_path):
+    """What the vLLM plugin points vLLM at for a release (which has no generation_config.json): the file `hovle
+    convert` writes for it, byte for byte (replies end at <|im_end|>, 92542, and </s>); a release with its own file
+    keeps it (None)."""
+    release, converted = release_and_converted
+    config = AutoConfig.from_pretrained(release)
+    folder = release_processing.release_generation_config_folder(release, config)
+    written = json.loads((folder / "generation_config.json").read_text())
+    assert written == json.loads((converted / "generation_config.json").read_text())
+    assert written["eos_token_id"] == [92542, 2]
+    own = shutil.copytree(release, tmp_path / "own")
+    (own / "generation_config.json").write_text(json.dumps({"eos_token_id": 2}))
+    assert release_processing.release_generation_config_folder(own, config) is None
+
+
 @pytest.mark.parametrize("case", ["added_tokens.json moves <img>", "eos that is not the model's EOS"])
 def test_bad_tokenizer_files_give_the_converters_error(tmp_path, case):
     release = write_release(tmp_path / "release")

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import LlamaConfig
+from transformers import GenerationConfig, LlamaConfig
 
 from ..configuration_hovle import HoVLEConfig, HoVLEEmbeddingConfig
 from ..processing_hovle import check_max_tiles
@@ -414,3 +414,14 @@ def original_config_from_hovle(config: HoVLEConfig, dtype: str = "float32") -> d
         "normalize_encoder_output": emb.normalize_output,
         "torch_dtype": dtype,
     }
+
+
+def chat_generation_config(text_config, end_of_turn_id: int | None) -> GenerationConfig:
+    """The generation config of a HoVLE folder: chat replies end at `<|im_end|>` (`end_of_turn_id`, the tokenizer's;
+    None without a tokenizer) and at `</s>`, as the release's own `chat()` stops. `hovle convert` writes it; a
+    release, which has none, gets it where it is loaded (`release_model`, the vLLM plugin)."""
+    eos = text_config.eos_token_id
+    eos = [end_of_turn_id, eos] if end_of_turn_id is not None else eos
+    return GenerationConfig(
+        bos_token_id=text_config.bos_token_id, eos_token_id=eos, pad_token_id=text_config.pad_token_id
+    )

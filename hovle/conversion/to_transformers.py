@@ -25,12 +25,11 @@ from pathlib import Path
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
 
 from .. import configuration_hovle
 from ..configuration_hovle import HoVLEConfig
 from .checkpoint_io import CheckedTensorWriter, CheckpointError, TensorSource, read_json_object, resolve_folder
-from .config_map import hovle_config_from_original
+from .config_map import chat_generation_config, hovle_config_from_original
 from .layout import geometries_from_config, map_original_key, model_state_shapes, original_to_ours, validate_original
 from .output_folder import atomic_output_folder, config_json_matches, interruptions_raise, output_bytes
 from .tokenizer import TOKENIZER_FILES, tokenizer_for_model, write_processor_files
@@ -132,14 +131,7 @@ def save_hf_config(config: HoVLEConfig, folder: Path, dtype: torch.dtype, end_of
     config.architectures = ["HoVLEForConditionalGeneration"]
     config.dtype = dtype
     config.save_pretrained(folder)
-    eos = config.text_config.eos_token_id
-    # Chat replies end with <|im_end|>: stop there by default (and at </s>).
-    eos = [end_of_turn_id, eos] if end_of_turn_id is not None else eos
-    GenerationConfig(
-        bos_token_id=config.text_config.bos_token_id,
-        eos_token_id=eos,
-        pad_token_id=config.text_config.pad_token_id,
-    ).save_pretrained(folder)
+    chat_generation_config(config.text_config, end_of_turn_id).save_pretrained(folder)
 
 
 def copy_original_tokenizer(source: Path, folder: Path) -> None:

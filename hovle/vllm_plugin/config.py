@@ -30,6 +30,23 @@ def context_limit(hf_config) -> int:
     return int(hf_config.text_config.max_position_embeddings)
 
 
+def use_release_generation_config(model_config: ModelConfig) -> None:
+    """vLLM reads a model's stop tokens from its `generation_config.json` only, and a release has none: it would stop
+    at `</s>` alone and run on past `<|im_end|>`. For a release without one (and no `--generation-config` folder
+    given), point vLLM at the one `hovle convert` writes for it (`hovle.release_processing`)."""
+    from hovle.release_loading import RELEASE_ARCHITECTURE
+    from hovle.release_processing import release_generation_config_folder
+
+    if model_config.architecture != RELEASE_ARCHITECTURE or model_config.generation_config not in ("auto", "vllm"):
+        return
+    folder = release_generation_config_folder(
+        model_config.model, model_config.hf_config, revision=model_config.revision
+    )
+    if folder is not None:
+        logger.info("HoVLE: the release has no generation_config.json; replies end at <|im_end|> (%s)", folder)
+        model_config.generation_config = str(folder)
+
+
 class HoVLEConfigCheck(VerifyAndUpdateConfig):
     """Runs where vLLM builds the model config (`verify_and_update_model_config`), in the process the user started."""
 
@@ -39,6 +56,7 @@ class HoVLEConfigCheck(VerifyAndUpdateConfig):
         embedding = hf_config.embedding_config
         if embedding.pixel_shuffle_loc != "pre":
             raise ValueError(HD_REFUSAL.format(patches=embedding.patches_per_side**2, tokens=hf_config.tokens_per_tile))
+        use_release_generation_config(model_config)
         limit = context_limit(hf_config)
         if model_config.max_model_len <= limit:
             return
